@@ -1,0 +1,67 @@
+"""Array backend: the array module comes from the arrays themselves.
+
+There is no global "current backend". A compute function asks its inputs which
+module they belong to (``xp = array_module(x)``) and uses ``xp`` for everything
+it creates; a function that creates arrays from nothing takes ``xp`` explicitly.
+CuPy is imported only when a CuPy array is seen or ``get_xp("cupy")`` is called.
+
+This is the only file (with the file-format code in ``io``) that imports numpy
+at module level; see docs/backend.md and tests/test_backend_guard.py.
+"""
+from __future__ import annotations
+
+import numpy
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def array_module(*arrays):
+    """The array module (numpy or cupy) of the given arrays; None entries are skipped.
+
+    Mixing numpy and cupy arrays raises TypeError, as CuPy itself would.
+    """
+    kinds = {_is_cupy(a) for a in arrays if a is not None and hasattr(a, "shape")}
+    if len(kinds) > 1:
+        raise TypeError("mixed numpy and cupy arrays; move them explicitly with asarray(x, xp)")
+    if kinds == {True}:
+        import cupy
+
+        return cupy
+    return numpy
+
+
+def get_xp(name: str = "numpy"):
+    """The array module by name: 'numpy' or 'cupy' (imported only now)."""
+    if name == "numpy":
+        return numpy
+    if name == "cupy":
+        import cupy
+
+        return cupy
+    raise ValueError(f"unknown backend {name!r}; expected 'numpy' or 'cupy'")
+
+
+def to_numpy(x):
+    """A host numpy array for x (a copy only when x lives on the device)."""
+    if _is_cupy(x):
+        return x.get()
+    return numpy.asarray(x)
+
+
+def asarray(x, xp, dtype=None):
+    """x as an array of module xp (an explicit host->device or device->host move)."""
+    if xp is numpy:
+        return numpy.asarray(to_numpy(x), dtype=dtype)
+    return xp.asarray(x, dtype=dtype)
+
+
+def backend_name(xp) -> str:
+    """'numpy' or 'cupy' for an array module."""
+    return xp.__name__.split(".")[0]
+
+
+def compute_dtype(dtype, xp):
+    """The dtype to accumulate in: at least float32 (float16 and ints promote)."""
+    return xp.promote_types(dtype, xp.float32)
