@@ -65,3 +65,18 @@ def backend_name(xp) -> str:
 def compute_dtype(dtype, xp):
     """The dtype to accumulate in: at least float32 (float16 and ints promote)."""
     return xp.promote_types(dtype, xp.float32)
+
+
+def scatter_add_rows(target, idx, values):
+    """target[idx[n]] += values[n] for every n, duplicates accumulating; in place, returns target.
+
+    target (V, C), idx (N,) integer, values (N, C). Plain ``target[idx] += values`` would keep only
+    one of the duplicates, so numpy uses ``add.at`` and cupy ``cupyx.scatter_add``.
+    """
+    if _is_cupy(target):
+        import cupyx
+
+        cupyx.scatter_add(target, idx, values)
+    else:
+        numpy.add.at(target, idx, values)
+    return target

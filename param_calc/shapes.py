@@ -20,16 +20,21 @@ def llama_head_dim(cfg) -> int:
 
 
 def llama_layer_linears(cfg, attention_bias: bool = False, mlp_bias: bool = False) -> dict:
-    """The linear modules of one decoder layer: {relative name: (in_features, out_features, bias)}."""
+    """The linear modules of one decoder layer: {relative name: (in_features, out_features, bias)}.
+
+    Also serves Mistral (no biases) and Qwen2 (cfg model_type "qwen2": q/k/v biased, o_proj not).
+    """
     h, i = _get(cfg, "hidden_size"), _get(cfg, "intermediate_size")
     nh, nkv = _get(cfg, "num_attention_heads"), _get(cfg, "num_key_value_heads") or _get(cfg, "num_attention_heads")
     hd = llama_head_dim(cfg)
     ab = bool(_get(cfg, "attention_bias", attention_bias))
     mb = bool(_get(cfg, "mlp_bias", mlp_bias))
+    # transformers' Qwen2Attention always has q/k/v biases and never an o_proj bias.
+    qkv_b = True if _get(cfg, "model_type") == "qwen2" else ab
     return {
-        "self_attn.q_proj": (h, nh * hd, ab),
-        "self_attn.k_proj": (h, nkv * hd, ab),
-        "self_attn.v_proj": (h, nkv * hd, ab),
+        "self_attn.q_proj": (h, nh * hd, qkv_b),
+        "self_attn.k_proj": (h, nkv * hd, qkv_b),
+        "self_attn.v_proj": (h, nkv * hd, qkv_b),
         "self_attn.o_proj": (nh * hd, h, ab),
         "mlp.gate_proj": (h, i, mb),
         "mlp.up_proj": (h, i, mb),

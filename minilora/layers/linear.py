@@ -14,6 +14,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 
+def _mm2d(x, m):
+    """x (..., k) @ m (k, n) -> (..., n) as one 2-D GEMM (a stacked matmul is several small ones)."""
+    return (x.reshape(-1, x.shape[-1]) @ m).reshape(x.shape[:-1] + (m.shape[1],))
+
+
 class LinearCache(NamedTuple):
     x: object        # (..., in) input, needed for dW
     w: object        # (out, in) weight, needed for dx
@@ -22,16 +27,16 @@ class LinearCache(NamedTuple):
 
 def linear_forward(x, w, b=None):
     """y = x W^T (+ b). Returns (y, cache); y has shape (..., out)."""
-    y = x @ w.T                              # (..., in) @ (in, out) -> (..., out)
+    y = _mm2d(x, w.T)                        # (..., in) @ (in, out) -> (..., out)
     if b is not None:
-        y = y + b
+        y += b
     return y, LinearCache(x, w, b is not None)
 
 
 def linear_backward(dout, cache: LinearCache, frozen: bool = False):
     """Returns (dx, dw, db); dw and db are None when frozen (never computed), db None without bias."""
     x, w, has_bias = cache
-    dx = dout @ w                            # (..., out) @ (out, in) -> (..., in)
+    dx = _mm2d(dout, w)                      # (..., out) @ (out, in) -> (..., in)
     if frozen:
         return dx, None, None
     g2 = dout.reshape(-1, dout.shape[-1])    # (N, out)

@@ -21,7 +21,7 @@ import warnings
 from typing import NamedTuple
 
 from ..backend import array_module, compute_dtype
-from .linear import linear_backward, linear_forward
+from .linear import _mm2d, linear_backward, linear_forward
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:
@@ -73,8 +73,8 @@ def lora_forward(x, w0, a, b, scale, bias=None, dropout_p: float = 0.0, rng=None
         keep = rng.random(x.shape) >= dropout_p
         mask = keep.astype(x.dtype) / (1.0 - dropout_p)
         u = x * mask                         # (..., in)
-    z = u @ a.T                              # (..., in) @ (in, r) -> (..., r)
-    h = h + scale * (z @ b.T)                # (..., r) @ (r, out) -> (..., out)
+    z = _mm2d(u, a.T)                        # (..., in) @ (in, r) -> (..., r)
+    h += _mm2d(z, scale * b.T)               # (..., r) @ (r, out) -> (..., out)
     return h, LoraCache(base, u, z, mask, a, b, scale)
 
 
@@ -84,9 +84,9 @@ def lora_backward(dout, cache: LoraCache):
     dx, _, _ = linear_backward(dout, base, frozen=True)           # G @ W0
     g2 = dout.reshape(-1, dout.shape[-1])                          # (N, out)
     db = s * (g2.T @ z.reshape(-1, z.shape[-1]))                   # (out, N) @ (N, r) -> (out, r)
-    dz = s * (dout @ b)                                            # (..., out) @ (out, r) -> (..., r)
+    dz = _mm2d(dout, s * b)                                        # (..., out) @ (out, r) -> (..., r)
     da = dz.reshape(-1, dz.shape[-1]).T @ u.reshape(-1, u.shape[-1])  # (r, N) @ (N, in) -> (r, in)
-    dxl = dz @ a                                                   # (..., r) @ (r, in) -> (..., in)
+    dxl = _mm2d(dz, a)                                             # (..., r) @ (r, in) -> (..., in)
     if mask is not None:
         dxl = dxl * mask
     return dx + dxl, da, db

@@ -1,0 +1,24 @@
+"""Analysis of LoRA updates (Hu et al., 2021, section 7): spectra, subspaces, amplification, labs."""
+from .amplification import amplification, amplification_table
+from .labs import intrinsic_rank_lab, mse_backward, mse_forward, precision_lab
+from .plots import save_intrinsic_rank_lab, save_phi_heatmaps, save_precision_lab, save_spectra
+from .spectra import delta_singular_values, energy_rank, entropy_effective_rank, lowrank_svd, module_spectra
+from .subspace import (
+    delta_basis,
+    phi,
+    phi_from_bases,
+    phi_grid,
+    phi_grid_from_bases,
+    phi_grid_modules,
+    right_singular_basis,
+)
+
+__all__ = [
+    "amplification", "amplification_table",
+    "intrinsic_rank_lab", "precision_lab", "mse_forward", "mse_backward",
+    "save_spectra", "save_phi_heatmaps", "save_intrinsic_rank_lab", "save_precision_lab",
+    "lowrank_svd", "delta_singular_values", "entropy_effective_rank", "energy_rank",
+    "module_spectra",
+    "right_singular_basis", "delta_basis", "phi", "phi_from_bases", "phi_grid",
+    "phi_grid_from_bases", "phi_grid_modules",
+]

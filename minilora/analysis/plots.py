@@ -1,0 +1,130 @@
+"""Plots for the analysis: spectra, phi heatmaps, the intrinsic-rank lab and the precision lab.
+
+Each save_* function draws on its own matplotlib Figure with the Agg canvas (no pyplot, so no
+global figure state and no display needed), writes the PNG atomically (minilora.atomic: a
+temporary file in the same folder, then os.replace) and returns the path. matplotlib is imported
+inside the functions: it is needed only when plotting. Inputs are the plain tables the analysis functions return.
+"""
+from __future__ import annotations
+
+import os
+
+from ..atomic import atomic_path
+from ..backend import to_numpy
+
+
+def _figure(ncols: int, width: float = 4.6, height: float = 3.6):
+    """A Figure with an Agg canvas and ncols axes side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, path) -> str:
+    """Write fig as PNG to path atomically (minilora.atomic.atomic_path); returns the path."""
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.chmod(tmp, 0o644)                 # mkstemp makes it owner-only; a plot is for reading
+    return path
+
+
+def save_spectra(rows: list, path, normalize: bool = True) -> str:
+    """Singular values of each module's update (rows from spectra.module_spectra), log scale.
+
+    normalize divides each module's values by its largest, so modules of any scale compare.
+    """
+    fig, (ax,) = _figure(1, width=6.0)
+    for row in rows:
+        sig = [float(v) for v in row["sigma"]]
+        top = sig[0] if normalize and sig and sig[0] > 0 else 1.0
+        ax.plot(range(1, len(sig) + 1), [max(v / top, 1e-18) for v in sig], marker="o",
+                label=f"{row['module']} (erank {row['entropy_rank']:.2f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("index i")
+    ax.set_ylabel("sigma_i / sigma_1" if normalize else "sigma_i")
+    ax.set_title("Singular values of delta W = s B A")
+    if rows:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def save_phi_heatmaps(grids: dict, path, xlabel: str = "j", ylabel: str = "i") -> str:
+    """One heatmap per {title: phi grid (m1, m2)}, colour scale fixed to [0, 1] (Figures 3-4)."""
+    fig, axes = _figure(max(len(grids), 1), width=4.0, height=3.6)
+    im = None
+    for ax, (title, grid) in zip(axes, grids.items(), strict=False):
+        g = to_numpy(grid)
+        im = ax.imshow(g, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper",
+                       extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="phi(i, j)")
+    return _save(fig, path)
+
+
+def save_intrinsic_rank_lab(result: dict, path) -> str:
+    """Loss vs r (with the best possible rank-r loss) and phi / coverage vs r, k marked."""
+    rows, k = result["rows"], result["config"]["k"]
+    r = [row["r"] for row in rows]
+    fig, (ax1, ax2) = _figure(2)
+    ax1.semilogy(r, [max(row["loss"], 1e-30) for row in rows], "o-", label="trained student")
+    fit = [(row["r"], row["floor"]) for row in rows if row["floor"] > 0]     # 0 for r >= k
+    ax1.semilogy([p[0] for p in fit], [p[1] for p in fit], "k--", label="best rank-r fit (0 for r >= k)")
+    ax1.axvline(k, color="grey", lw=0.8)
+    ax1.set_xlabel("LoRA rank r")
+    ax1.set_ylabel("MSE")
+    ax1.set_title(f"Loss vs rank (planted rank k = {k})")
+    ax1.legend(fontsize=8)
+    for key, style in (("phi_left", "o-"), ("phi_right", "s--"), ("coverage_left", "^:")):
+        ax2.plot(r, [row[key] for row in rows], style, label=key)
+    ax2.axvline(k, color="grey", lw=0.8)
+    ax2.set_ylim(-0.05, 1.05)
+    ax2.set_xlabel("LoRA rank r")
+    ax2.set_title("Learned vs planted subspaces")
+    ax2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def save_precision_lab(result: dict, path) -> str:
+    """Merge error vs size per dtype, drift vs cycles (with the linear bound), quantized merges."""
+    fig, (ax1, ax2, ax3) = _figure(3)
+    merge = result["merge"]
+    top = max(row["magnitude"] for row in merge)
+    for dt in dict.fromkeys(row["dtype"] for row in merge):
+        pts = [row for row in merge if row["dtype"] == dt and row["magnitude"] == top]
+        ax1.loglog([p["size"] for p in pts], [max(p["rel_err"], 1e-18) for p in pts], "o-",
+                   label=dt)
+    ax1.set_xlabel("matrix size n")
+    ax1.set_ylabel("relative error")
+    ax1.set_title(f"merged vs unmerged output (|dW| = {top:g} |W|)", fontsize=9)
+    ax1.legend(fontsize=8)
+    cyc = result["cycles"]
+    for dt in dict.fromkeys(row["dtype"] for row in cyc):
+        pts = [row for row in cyc if row["dtype"] == dt]
+        line, = ax2.loglog([p["cycles"] for p in pts], [max(p["max_abs_drift"], 1e-18) for p in pts],
+                           "o-", label=dt)
+        ax2.loglog([p["cycles"] for p in pts], [p["bound"] for p in pts], ":",
+                   color=line.get_color())
+    ax2.set_xlabel("merge/unmerge cycles N")
+    ax2.set_ylabel("max |W_N - W_0|")
+    ax2.set_title("drift (dotted: N eps (max|W| + max|dW|))", fontsize=9)
+    ax2.legend(fontsize=8)
+    quant = result["quant"]
+    for key in dict.fromkeys((row["bits"], row["group_size"]) for row in quant):
+        pts = [row for row in quant if (row["bits"], row["group_size"]) == key]
+        ax3.loglog([p["magnitude"] for p in pts], [p["update_rel_err"] for p in pts], "o-",
+                   label=f"{key[0]}-bit, group {key[1] or 'row'}")
+    ax3.axhline(1.0, color="grey", lw=0.8)
+    ax3.set_xlabel("|dW|_F / |W|_F")
+    ax3.set_ylabel("|error| / |dW| after requantizing")
+    ax3.set_title("merging into a quantized base", fontsize=9)
+    ax3.legend(fontsize=8)
+    return _save(fig, path)

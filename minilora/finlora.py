@@ -1,0 +1,99 @@
+"""FinLoRA's run configs: a `finetune_configs.json` object of named runs.
+
+    "sentiment_tiny_8bits_r8": {
+      "base_model": "minilora/tiny-sentiment-base",   # or a folder path
+      "dataset_path": "data/sentiment_train.jsonl",   # relative to the config file
+      "lora_r": 8, "lora_alpha": 16, "quant_bits": 8,
+      "learning_rate": 0.001, "num_epochs": 2, "batch_size": 8, "gradient_accumulation_steps": 2,
+      "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"], "peft_use_rslora": false
+    }
+
+Required keys: base_model, dataset_path, lora_r, quant_bits, learning_rate, num_epochs,
+batch_size, gradient_accumulation_steps. lora_alpha defaults to 16, as in FinLoRA.
+quant_bits 16 means an unquantized (float) base; 8 and 4 quantize the frozen weights.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import MiniLoraError
+
+REQUIRED = ("base_model", "dataset_path", "lora_r", "quant_bits", "learning_rate", "num_epochs",
+            "batch_size", "gradient_accumulation_steps")
+OPTIONAL = {"lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"],
+            "peft_use_rslora": False, "test_dataset_path": None, "seed": 0, "warmup_ratio": 0.1}
+
+
+@dataclass
+class FinLoraRun:
+    name: str
+    base_model: str
+    dataset_path: str
+    lora_r: int
+    quant_bits: int
+    learning_rate: float
+    num_epochs: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    target_modules: object = ("q_proj", "k_proj", "v_proj")
+    peft_use_rslora: bool = False
+    test_dataset_path: str | None = None
+    seed: int = 0
+    warmup_ratio: float = 0.1
+
+
+def _num(run, key, value, kind, positive=True):
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok or (positive and not value > 0):
+        what = "a positive integer" if kind is int else "a positive number"
+        raise MiniLoraError(f"run {run!r}: {key} must be {what}, got {value!r}")
+    return value
+
+
+def parse_run(name: str, d: dict, base_dir: str = ".") -> FinLoraRun:
+    """Validate one run's dict; paths are resolved against base_dir (the config file's folder)."""
+    if not isinstance(d, dict):
+        raise MiniLoraError(f"run {name!r}: expected an object, got {type(d).__name__}")
+    missing = [k for k in REQUIRED if k not in d]
+    if missing:
+        raise MiniLoraError(f"run {name!r}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise MiniLoraError(f"run {name!r}: unknown key(s) {', '.join(unknown)}")
+    v = {**OPTIONAL, **d}
+    for k in ("lora_r", "num_epochs", "batch_size", "gradient_accumulation_steps"):
+        _num(name, k, v[k], int)
+    for k in ("learning_rate", "lora_alpha"):
+        _num(name, k, v[k], (int, float))
+    if v["quant_bits"] not in (4, 8, 16) or isinstance(v["quant_bits"], bool):
+        raise MiniLoraError(f"run {name!r}: quant_bits must be 4, 8 or 16, got {v['quant_bits']!r}")
+    if not isinstance(v["lora_dropout"], (int, float)) or not 0 <= v["lora_dropout"] < 1:
+        raise MiniLoraError(f"run {name!r}: lora_dropout must be in [0, 1), got {v['lora_dropout']!r}")
+    for k in ("base_model", "dataset_path"):
+        if not isinstance(v[k], str) or not v[k]:
+            raise MiniLoraError(f"run {name!r}: {k} must be a non-empty string")
+    for k in ("dataset_path", "test_dataset_path"):
+        if v[k] and not os.path.isabs(v[k]):
+            v[k] = os.path.normpath(os.path.join(base_dir, v[k]))
+    return FinLoraRun(name=name, **v)
+
+
+def load_runs(path) -> dict:
+    """{run name: FinLoraRun} from a finetune_configs.json file."""
+    from .io import read_json
+
+    d = read_json(path)
+    if not d:
+        raise MiniLoraError(f"{path}: no runs defined")
+    base = os.path.dirname(os.path.abspath(path))
+    return {name: parse_run(name, run, base) for name, run in d.items()}
+
+
+def get_run(path, name: str) -> FinLoraRun:
+    runs = load_runs(path)
+    if name not in runs:
+        raise MiniLoraError(f"{path}: no run named {name!r}; available: {', '.join(sorted(runs))}")
+    return runs[name]

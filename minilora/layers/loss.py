@@ -1,0 +1,74 @@
+"""Cross-entropy over logits, averaged over the non-ignored targets (torch's cross_entropy).
+
+Forward, per row n with logits z (V,) and target t_n, over the set K of rows with
+t_n != ignore_index
+    lse_n = m_n + log(sum_v exp(z_nv - m_n)),   m_n = max_v z_nv    (stable log-sum-exp)
+    L     = (1 / |K|) * sum_{n in K} (lse_n - z_{n t_n})
+The row loss is summed as (m_n - z_{n t_n}) + log(...): for a confident row (t_n the argmax) the
+first term is exactly 0 and the small loss keeps its relative precision.
+Backward (dL = upstream scalar gradient)
+    dz_nv = dL / |K| * (softmax(z_n)_v - [v == t_n])   for n in K;  0 for ignored rows
+When every target is ignored (|K| = 0) the loss is 0 and dlogits is all zeros: a batch with
+nothing to learn from is a no-op. torch returns nan there (0 / 0), which would poison the
+optimiser state. The loss is a 0-d array; call float(loss) only where you log it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..backend import array_module
+from ..errors import MiniLoraError
+
+
+class CrossEntropyCache(NamedTuple):
+    logits: object   # (B, T, V) or (N, V) the input
+    targets: object  # (N,) targets with ignored entries replaced by 0
+    valid: object    # (N,) bool, targets that count
+    lse: object      # (N,) log-sum-exp of each row
+    n_valid: object  # 0-d array, |K| (at least 1 for the division)
+
+
+def cross_entropy_forward(logits, targets, ignore_index: int = -100):
+    """Mean cross-entropy. logits (N, V) or (B, T, V), targets (N,) or (B, T) integer.
+
+    Returns (loss 0-d array in logits' dtype, cache). Targets outside [0, V) other than
+    ignore_index raise MiniLoraError.
+    """
+    xp = array_module(logits, targets)
+    targets = xp.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise MiniLoraError(f"targets of shape {targets.shape} do not fit logits of shape {logits.shape}")
+    if targets.dtype.kind not in "iu":
+        raise MiniLoraError(f"targets must be integers, got dtype {targets.dtype}")
+    v = logits.shape[-1]
+    z = logits.reshape(-1, v)                                            # (N, V)
+    t = targets.reshape(-1)                                              # (N,)
+    valid = t != ignore_index                                            # (N,)
+    bad = valid & ((t < 0) | (t >= v))
+    if bool(xp.any(bad)):
+        first = int(t[bad][0])
+        raise MiniLoraError(
+            f"target {first} is out of range for {v} classes (valid 0..{v - 1}, "
+            f"or ignore_index={ignore_index})")
+    t = xp.where(valid, t, 0)                                            # (N,) safe to gather
+    m = xp.max(z, axis=-1)                                               # (N,)
+    log_s = xp.log(xp.sum(xp.exp(z - m[:, None]), axis=-1))              # (N,) log sum exp(z - m)
+    picked = xp.take_along_axis(z, t[:, None], axis=-1)[:, 0]            # (N,) z[n, t_n]
+    row = (m - picked) + log_s           # (N,) = lse - z_t, without cancelling two large terms
+    n_valid = xp.maximum(xp.sum(valid), 1).astype(z.dtype)               # 0-d
+    loss = xp.sum(xp.where(valid, row, 0)) / n_valid                     # 0-d
+    lse = m + log_s                                                      # (N,)
+    return loss, CrossEntropyCache(logits, t, valid, lse, n_valid)
+
+
+def cross_entropy_backward(cache: CrossEntropyCache, dloss=1.0):
+    """dlogits, of the logits' shape: dloss / |K| * (softmax - onehot) on non-ignored rows."""
+    logits, t, valid, lse, n_valid = cache
+    xp = array_module(logits)
+    v = logits.shape[-1]
+    z = logits.reshape(-1, v)                                            # (N, V)
+    w = (valid.astype(z.dtype) * (dloss / n_valid)).astype(z.dtype)      # (N,) per-row weight
+    dz = xp.exp(z - lse[:, None])                                        # (N, V) softmax
+    dz[xp.arange(z.shape[0]), t] -= 1.0                                  # minus the one-hot
+    dz *= w[:, None]
+    return dz.reshape(logits.shape)

@@ -1,0 +1,297 @@
+"""A Llama-architecture decoder (transformers' LlamaForCausalLM semantics) over a flat parameter dict.
+
+Per decoder layer, with x (B, T, C):
+    a = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
+    y = a + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                        n2 = rmsnorm(a)
+logits = lm_head(rmsnorm(x_L)); the causal-LM loss shifts labels inside (position t predicts
+labels[t + 1]) and averages over the labels that are not -100, as transformers does.
+
+Parameters live in ``model.params`` keyed by Hugging Face state-dict names; LoRA factors by PEFT's
+(``model.layers.0.self_attn.q_proj.lora_A.weight``). ``model.trainable`` names the parameters that
+get gradients; every other weight is frozen and its gradient is never computed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backend import array_module, get_xp
+from .config import LlamaConfig
+from .layers.attention import attention_backward, attention_forward
+from .layers.embedding import embedding_backward, embedding_forward
+from .layers.linear import linear_backward, linear_forward
+from .layers.lora import lora_backward, lora_forward
+from .layers.loss import cross_entropy_backward, cross_entropy_forward
+from .layers.mlp import swiglu_backward, swiglu_forward
+from .layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .layers.rope import rope_backward, rope_forward, rope_tables
+
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraModule:
+    """The LoRA settings of one adapted linear (its A and B live in model.params)."""
+    r: int
+    alpha: float
+    scale: float          # alpha / r, or alpha / sqrt(r) with rsLoRA
+    dropout: float
+
+
+def _acc(grads: dict, name: str, g):
+    """grads[name] += g, creating the entry on first use (tied weights get both paths)."""
+    if name in grads:
+        grads[name] = grads[name] + g
+    else:
+        grads[name] = g
+
+
+class LlamaForCausalLM:
+    """config + a flat dict of parameters + which of them train + the LoRA state."""
+
+    def __init__(self, config: LlamaConfig, params: dict, seed: int = 0):
+        self.config = config
+        self.params = params
+        self.xp = array_module(*params.values())
+        self.trainable: set = set()          # names that get gradients
+        self.lora: dict = {}                 # module name -> LoraModule
+        self.merged = False                  # LoRA updates folded into the base weights
+        self.adapter_enabled = True          # False: the adapted model computes the base exactly
+        self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
+        self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
+        self._rope = {}
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def init(cls, config: LlamaConfig, seed: int = 0, xp=None, dtype="float32",
+             initializer_range: float = 0.02):
+        """Random weights as transformers initialises them: N(0, 0.02^2) matrices, ones for norms."""
+        xp = get_xp("numpy") if xp is None else xp
+        rng = xp.random.default_rng(seed)
+        params = {}
+        for name, shape in config.param_shapes().items():
+            if name.endswith("norm.weight"):
+                params[name] = xp.ones(shape, dtype=dtype)
+            elif name.endswith(".bias"):
+                params[name] = xp.zeros(shape, dtype=dtype)
+            else:
+                params[name] = (rng.standard_normal(shape) * initializer_range).astype(dtype)
+        return cls(config, params, seed=seed)
+
+    @property
+    def dtype(self):
+        return self.params["model.embed_tokens.weight"].dtype
+
+    def head_weight_name(self) -> str:
+        return "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
+
+    def weight(self, name: str):
+        """A base weight as an array of the model's dtype (dequantized if stored quantized)."""
+        if name in self.quantized:
+            from .quant import dequantize
+
+            return dequantize(self.quantized[name], dtype=self.dtype)
+        return self.params[name]
+
+    def rope(self, positions_or_len):
+        """(cos, sin) tables for positions 0..T-1 (cached per length) or for explicit positions."""
+        c = self.config
+        if isinstance(positions_or_len, int):
+            if positions_or_len not in self._rope:
+                self._rope[positions_or_len] = rope_tables(
+                    positions_or_len, c.head_dim, c.rope_theta, self.xp, self.dtype, c.rope_scaling)
+            return self._rope[positions_or_len]
+        return rope_tables(positions_or_len, c.head_dim, c.rope_theta, self.xp, self.dtype, c.rope_scaling)
+
+    # ---- one projection, plain or LoRA ----------------------------------------------------
+    def proj_forward(self, x, module: str, train: bool = False):
+        """x (..., in) -> (..., out) through `module`, with its LoRA path when active."""
+        w = self.weight(module + ".weight")
+        b = self.params.get(module + ".bias")
+        lm = self.lora.get(module)
+        if lm is not None and not self.merged and self.adapter_enabled:
+            p = lm.dropout if train else 0.0
+            h, cache = lora_forward(x, w, self.params[module + ".lora_A.weight"],
+                                    self.params[module + ".lora_B.weight"], lm.scale, b, p, self.rng)
+            return h, ("lora", cache)
+        h, cache = linear_forward(x, w, b)
+        return h, ("linear", cache)
+
+    def proj_backward(self, dout, module: str, cache, grads: dict):
+        """dx; adds the gradients of the module's trainable parameters into grads."""
+        kind, c = cache
+        if kind == "lora":
+            dx, da, db = lora_backward(dout, c)
+            if module + ".lora_A.weight" in self.trainable:
+                _acc(grads, module + ".lora_A.weight", da)
+                _acc(grads, module + ".lora_B.weight", db)
+            return dx
+        wname = module + ".weight"
+        if wname not in self.trainable:
+            return linear_backward(dout, c, frozen=True)[0]
+        dx, dw, db = linear_backward(dout, c)
+        _acc(grads, wname, dw)
+        if db is not None:
+            _acc(grads, module + ".bias", db)
+        return dx
+
+    # ---- forward and backward -----------------------------------------------------------
+    def _layer_forward(self, x, i: int, cos, sin, train: bool):
+        c, p = self.config, f"model.layers.{i}."
+        b, t, _ = x.shape
+        nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        n1, c_n1 = rmsnorm_forward(x, self.params[p + "input_layernorm.weight"], c.rms_norm_eps)
+        q, c_q = self.proj_forward(n1, p + "self_attn.q_proj", train)                # (B, T, nh*hd)
+        k, c_k = self.proj_forward(n1, p + "self_attn.k_proj", train)                # (B, T, nkv*hd)
+        v, c_v = self.proj_forward(n1, p + "self_attn.v_proj", train)                # (B, T, nkv*hd)
+        q = q.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                            # (B, nh, T, hd)
+        k = k.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
+        v = v.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
+        q, c_rq = rope_forward(q, cos, sin)
+        k, c_rk = rope_forward(k, cos, sin)
+        att, c_att = attention_forward(q, k, v)                                      # (B, nh, T, hd)
+        att = att.transpose(0, 2, 1, 3).reshape(b, t, nh * hd)                       # (B, T, nh*hd)
+        o, c_o = self.proj_forward(att, p + "self_attn.o_proj", train)               # (B, T, C)
+        a = x + o
+        n2, c_n2 = rmsnorm_forward(a, self.params[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
+        g, c_g = self.proj_forward(n2, p + "mlp.gate_proj", train)                   # (B, T, I)
+        u, c_u = self.proj_forward(n2, p + "mlp.up_proj", train)                     # (B, T, I)
+        m, c_m = swiglu_forward(g, u)                                                # (B, T, I)
+        d, c_d = self.proj_forward(m, p + "mlp.down_proj", train)                    # (B, T, C)
+        cache = (c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d)
+        return a + d, cache
+
+    def _layer_backward(self, dy, i: int, cache, grads: dict):
+        c, p = self.config, f"model.layers.{i}."
+        c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d = cache
+        b, t, _ = dy.shape
+        nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        # MLP branch: y = a + down(swiglu(gate(n2), up(n2)))
+        dm = self.proj_backward(dy, p + "mlp.down_proj", c_d, grads)
+        dg, du = swiglu_backward(dm, c_m)
+        dn2 = self.proj_backward(dg, p + "mlp.gate_proj", c_g, grads)
+        dn2 = dn2 + self.proj_backward(du, p + "mlp.up_proj", c_u, grads)
+        da = dy + self._norm_backward(dn2, c_n2, p + "post_attention_layernorm.weight", grads)
+        # attention branch: a = x + o_proj(attention(...))
+        datt = self.proj_backward(da, p + "self_attn.o_proj", c_o, grads)            # (B, T, nh*hd)
+        datt = datt.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                      # (B, nh, T, hd)
+        dq, dk, dv = attention_backward(datt, c_att)
+        dq = rope_backward(dq, c_rq).transpose(0, 2, 1, 3).reshape(b, t, nh * hd)
+        dk = rope_backward(dk, c_rk).transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
+        dv = dv.transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
+        dn1 = self.proj_backward(dq, p + "self_attn.q_proj", c_q, grads)
+        dn1 = dn1 + self.proj_backward(dk, p + "self_attn.k_proj", c_k, grads)
+        dn1 = dn1 + self.proj_backward(dv, p + "self_attn.v_proj", c_v, grads)
+        return da + self._norm_backward(dn1, c_n1, p + "input_layernorm.weight", grads)
+
+    def _norm_backward(self, dout, cache, wname: str, grads: dict):
+        dx, dw = rmsnorm_backward(dout, cache, frozen=wname not in self.trainable)
+        if dw is not None:
+            _acc(grads, wname, dw)
+        return dx
+
+    def hidden_states(self, input_ids, train: bool = False, keep: bool = False):
+        """Final normalised hidden states (B, T, C), and the caches when keep=True."""
+        ids = self.xp.asarray(input_ids)
+        x, c_emb = embedding_forward(ids, self.params["model.embed_tokens.weight"])  # (B, T, C)
+        cos, sin = self.rope(ids.shape[1])
+        caches = []
+        for i in range(self.config.num_hidden_layers):
+            x, cache = self._layer_forward(x, i, cos, sin, train)
+            if keep:
+                caches.append(cache)
+        h, c_norm = rmsnorm_forward(x, self.params["model.norm.weight"], self.config.rms_norm_eps)
+        return h, (c_emb, caches, c_norm)
+
+    def forward(self, input_ids):
+        """Logits (B, T, V) for integer input_ids (B, T); inference (no dropout, no caches kept)."""
+        h, _ = self.hidden_states(input_ids)
+        return linear_forward(h, self.weight(self.head_weight_name()))[0]
+
+    __call__ = forward
+
+    def loss(self, input_ids, labels):
+        """The causal-LM loss (a 0-d array) without gradients."""
+        h, _ = self.hidden_states(input_ids)
+        logits, _ = linear_forward(h[:, :-1], self.weight(self.head_weight_name()))
+        return cross_entropy_forward(logits, self.xp.asarray(labels)[:, 1:])[0]
+
+    def loss_and_grads(self, input_ids, labels, train: bool = True):
+        """(loss, grads): the causal-LM loss and {name: gradient} for the trainable names only.
+
+        input_ids, labels (B, T) integers; labels are aligned with input_ids (shifted inside)
+        and -100 marks positions that do not count. train=True applies LoRA dropout.
+        """
+        if self.merged and self.lora and self.trainable & self._lora_names():
+            raise RuntimeError("cannot train while the adapters are merged; unmerge first")
+        xp = self.xp
+        labels = xp.asarray(labels)
+        h, (c_emb, caches, c_norm) = self.hidden_states(input_ids, train=train, keep=True)
+        head = self.head_weight_name()
+        logits, c_head = linear_forward(h[:, :-1], self.weight(head))                # (B, T-1, V)
+        loss, c_ce = cross_entropy_forward(logits, labels[:, 1:])
+        dlogits = cross_entropy_backward(c_ce)
+        del logits
+        grads: dict = {}
+        if head in self.trainable:
+            dh_, dw, _ = linear_backward(dlogits, c_head)
+            _acc(grads, head, dw)
+        else:
+            dh_ = linear_backward(dlogits, c_head, frozen=True)[0]
+        dh = xp.zeros(h.shape, dtype=h.dtype)
+        dh[:, :-1] = dh_                                     # the last position predicts nothing
+        dx = self._norm_backward(dh, c_norm, "model.norm.weight", grads)
+        for i in reversed(range(self.config.num_hidden_layers)):
+            dx = self._layer_backward(dx, i, caches[i], grads)
+            caches[i] = None
+        if "model.embed_tokens.weight" in self.trainable:
+            _acc(grads, "model.embed_tokens.weight", embedding_backward(dx, c_emb))
+        return loss, grads
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def _lora_names(self) -> set:
+        return {f"{m}.lora_{ab}.weight" for m in self.lora for ab in "AB"}
+
+    def quantize_base(self, bits: int, group_size: int | None = None):
+        """Store the frozen decoder-layer linear weights quantized (absmax, per row or group).
+
+        Embeddings, norms and lm_head stay float, as bitsandbytes leaves lm_head by default.
+        bits=16 leaves the model unchanged. The forward dequantizes on the fly (minilora.quant).
+        """
+        if bits == 16:
+            return
+        from .quant import quantize
+
+        if self.merged:
+            raise RuntimeError("quantize before merging, not after")
+        for name in list(self.params):
+            if ".layers." in name and name.endswith("_proj.weight") and name not in self.trainable:
+                self.quantized[name] = quantize(self.params.pop(name), bits, group_size)
+
+    def dequantize_base(self):
+        """Turn a quantized base back into float weights of the model's dtype (e.g. before merging)."""
+        for name in list(self.quantized):
+            self.params[name] = self.weight(name)
+            del self.quantized[name]
+
+    def set_full_finetuning(self):
+        """Every base parameter trainable (the comparison to LoRA); LoRA factors, if any, too."""
+        if self.quantized:
+            raise RuntimeError("full fine-tuning needs float weights; this model's base is quantized")
+        self.trainable = set(self.params)
+
+    def num_params(self, names=None) -> int:
+        """Elements in the given parameter names (default: all, quantized base included)."""
+        names = set(self.params) | set(self.quantized) if names is None else names
+        total = 0
+        for n in names:
+            arr = self.params.get(n)
+            total += int(arr.size) if arr is not None else _prod(self.quantized[n].shape)
+        return total
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
