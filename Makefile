@@ -17,8 +17,8 @@ demo: setup
 	$(BIN)/minilora demo
 
 test: setup
-	$(BIN)/ruff check minilora param_calc tests
-	$(BIN)/python -m pytest
+	$(BIN)/ruff check minilora param_calc tests scripts
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

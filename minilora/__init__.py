@@ -1,5 +1,28 @@
-"""minilora: LoRA from scratch in NumPy (and CuPy), on a Llama-architecture transformer."""
+"""minilora: LoRA from scratch in NumPy (and CuPy), on a Llama-architecture transformer.
+
+The public API is imported lazily, so `import minilora` (and the CLI's start) stays light:
+    minilora.from_pretrained(dir), minilora.save_pretrained(model, dir),
+    minilora.LlamaConfig, minilora.LlamaForCausalLM, minilora.LoraConfig, minilora.add_lora,
+    minilora.merge_lora, minilora.unmerge_lora, minilora.save_adapter, minilora.load_adapter,
+    minilora.MiniLoraError. Generation: minilora.generate.generate(model, input_ids, max_new_tokens).
+"""
 from .errors import MiniLoraError
 
-__all__ = ["MiniLoraError"]
+_LAZY = {
+    "from_pretrained": "io", "save_pretrained": "io",
+    "LlamaConfig": "config", "LlamaForCausalLM": "model",
+    "LoraConfig": "adapters", "add_lora": "adapters", "merge_lora": "adapters", "unmerge_lora": "adapters",
+    "save_adapter": "adapter_io", "load_adapter": "adapter_io",
+}
+
+__all__ = ["MiniLoraError", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'minilora' has no attribute {name!r}")

@@ -4,6 +4,11 @@ Target matching follows PEFT: a list of names matches every module whose name eq
 or ends with "." + entry (so "q_proj" adapts every layer's self_attn.q_proj); a string is a
 regular expression that must match the whole module name; "all-linear" is every linear module
 except the output head.
+
+Named adapters (several on one model, switch, disable, delete) live in minilora.named_adapters and
+are re-exported here; add_lora(..., adapter_name=...) adds one. ``add_weighted_adapter``
+(minilora.weighted_adapters) combines adapters into a new one. Use one AdamW per adapter: its
+moments are keyed by parameter names, which adapters share.
 """
 from __future__ import annotations
 
@@ -11,9 +16,20 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from .errors import MiniLoraError
+from .errors import MiniLoraError, MiniLoraStateError
 from .layers.lora import init_lora_weights, lora_merge, lora_scaling, lora_unmerge
 from .model import LoraModule
+from .named_adapters import (  # noqa: F401 - re-exported: the public API lives here too
+    StoredAdapter,
+    adapter_names,
+    adapters_disabled,
+    delete_adapter,
+    disable_adapters,
+    enable_adapters,
+    get_adapter,
+    install_adapter,
+    set_adapter,
+)
 
 
 @dataclass
@@ -32,6 +48,7 @@ class LoraConfig:
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = list(self.target_modules)
         check_lora_hparams(self.r, self.lora_alpha, self.lora_dropout)
+        _check_targets_and_patterns(self)
         if self.bias != "none":
             raise MiniLoraError(f"bias={self.bias!r} is not supported; use bias='none'")
 
@@ -40,10 +57,40 @@ def check_lora_hparams(r, alpha, dropout):
     """One clear error for a rank, alpha or dropout out of range."""
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise MiniLoraError(f"LoRA rank r must be a positive integer, got {r!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise MiniLoraError(f"lora_alpha must be a positive number, got {alpha!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < float("inf"):
+        raise MiniLoraError(f"lora_alpha must be a positive finite number, got {alpha!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise MiniLoraError(f"lora_dropout must be in [0, 1), got {dropout!r}")
+
+
+def _check_targets_and_patterns(cfg):
+    """One clear error for target_modules, rank/alpha patterns or an init PEFT names but minilora lacks."""
+    t = cfg.target_modules
+    if isinstance(t, str):
+        if t != "all-linear":
+            _check_regex(t, "target_modules")
+    elif not isinstance(t, list) or not t or not all(isinstance(x, str) and x for x in t):
+        raise MiniLoraError("target_modules must be a regular expression, 'all-linear' or a non-empty "
+                            f"list of module names, got {t!r}")
+    for name in ("rank_pattern", "alpha_pattern"):
+        pattern = getattr(cfg, name)
+        if not isinstance(pattern, dict):
+            raise MiniLoraError(f"{name} must be an object {{module name or regex: value}}, got {pattern!r}")
+        for key in pattern:
+            if not isinstance(key, str) or not key:
+                raise MiniLoraError(f"{name} keys must be module names or regexes, got {key!r}")
+            _check_regex(key, name)
+    if isinstance(cfg.init_lora_weights, bool) and not cfg.init_lora_weights \
+            or cfg.init_lora_weights not in ("gaussian", "kaiming", "default", True):
+        raise MiniLoraError(f"init_lora_weights={cfg.init_lora_weights!r} is not supported; "
+                            "use 'gaussian' or 'kaiming' (PEFT's True)")
+
+
+def _check_regex(text: str, what: str):
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise MiniLoraError(f"{what}: {text!r} is not a valid regular expression ({e})") from None
 
 
 def _suffix_match(name: str, key: str) -> bool:
@@ -67,16 +114,12 @@ def _pattern_value(name: str, pattern: dict, default):
     return default
 
 
-def add_lora(model, config: LoraConfig, seed: int = 0):
-    """Adapt the matching linears of `model` in place; only LoRA factors become trainable.
+def plan_lora(model, config: LoraConfig, warn: bool = True):
+    """({module: LoraModule}, {module: (in, out)}, {target: n matched}) for config on model; no change.
 
-    Returns {target: number of modules it matched}. A target that matches nothing raises and
-    lists the available names. A rank above min(in, out) raises; a rank with no savings warns.
+    A target that matches nothing raises and lists the available names. A rank above
+    min(in, out) raises; a rank with no savings warns (when warn).
     """
-    if model.merged:
-        raise MiniLoraError("cannot add adapters while adapters are merged; unmerge first")
-    if model.lora:
-        raise MiniLoraError("the model already has an adapter; remove it first (remove_lora)")
     modules = model.config.linear_modules()                       # {name: (in, out)}
     matched = match_targets(modules, config.target_modules)
     empty = [t for t, ms in matched.items() if not ms]
@@ -85,9 +128,7 @@ def add_lora(model, config: LoraConfig, seed: int = 0):
         raise MiniLoraError(f"target module(s) {', '.join(map(str, empty))} matched nothing; "
                             f"available names: {', '.join(kinds)} (or 'all-linear')")
     chosen = sorted({m for ms in matched.values() for m in ms}, key=list(modules).index)
-    xp, dtype = model.xp, model.dtype
-    rng = xp.random.default_rng(seed)
-    new_params, new_lora = {}, {}
+    lora, dims = {}, {}
     for m in chosen:
         fin, fout = modules[m]
         r = _pattern_value(m, config.rank_pattern, config.r)
@@ -95,27 +136,49 @@ def add_lora(model, config: LoraConfig, seed: int = 0):
         check_lora_hparams(r, alpha, config.lora_dropout)
         if r > min(fin, fout):
             raise MiniLoraError(f"rank {r} exceeds min(in, out) = {min(fin, fout)} for {m} ({fin} -> {fout})")
-        if r * (fin + fout) >= fin * fout:
+        if warn and r * (fin + fout) >= fin * fout:
             warnings.warn(f"LoRA on {m} saves nothing: r*(in+out) = {r * (fin + fout):,} >= "
-                          f"in*out = {fin * fout:,}", stacklevel=2)
-        a, b = init_lora_weights(fin, fout, r, rng, xp, config.init_lora_weights, dtype)
-        new_params[m + ".lora_A.weight"], new_params[m + ".lora_B.weight"] = a, b
-        new_lora[m] = LoraModule(r, float(alpha), lora_scaling(r, alpha, config.use_rslora), config.lora_dropout)
-    model.params.update(new_params)
-    model.lora = new_lora
-    model.lora_config = config
-    model.trainable = set(new_params)
-    return {t: len(ms) for t, ms in matched.items()}
+                          f"in*out = {fin * fout:,}", stacklevel=3)
+        lora[m] = LoraModule(r, float(alpha), lora_scaling(r, alpha, config.use_rslora), config.lora_dropout)
+        dims[m] = (fin, fout)
+    return lora, dims, {t: len(ms) for t, ms in matched.items()}
+
+
+def add_lora(model, config: LoraConfig, seed: int = 0, adapter_name: str = "default"):
+    """Adapt the matching linears of `model` in place; only LoRA factors become trainable.
+
+    Returns {target: number of modules it matched}. A target that matches nothing raises and
+    lists the available names. A rank above min(in, out) raises; a rank with no savings warns.
+    With an adapter already active, the new one is stored under adapter_name and stays inactive
+    until set_adapter(model, adapter_name); adding a name twice raises.
+    """
+    if model.merged:
+        raise MiniLoraError("cannot add adapters while adapters are merged; unmerge first")
+    if adapter_name in adapter_names(model):
+        raise MiniLoraError(f"the model already has an adapter named {adapter_name!r}; remove it first "
+                            f"(remove_lora / delete_adapter) or choose another adapter_name")
+    lora, dims, counts = plan_lora(model, config)
+    xp, dtype = model.xp, model.dtype
+    rng = xp.random.default_rng(seed)
+    factors = {}
+    for m, lm in lora.items():
+        fin, fout = dims[m]
+        a, b = init_lora_weights(fin, fout, lm.r, rng, xp, config.init_lora_weights, dtype)
+        factors[m + ".lora_A.weight"], factors[m + ".lora_B.weight"] = a, b
+    install_adapter(model, adapter_name, config, lora, factors)
+    return counts
 
 
 def remove_lora(model):
-    """Drop the adapter (its factors and state); refused while merged."""
+    """Drop every adapter (the active one's factors and the stored ones); refused while merged."""
     if model.merged:
         raise MiniLoraError("cannot remove an adapter while it is merged; unmerge first")
     for m in model.lora:
         model.params.pop(m + ".lora_A.weight", None)
         model.params.pop(m + ".lora_B.weight", None)
     model.lora, model.trainable = {}, set()
+    model.lora_config, model.active_adapter, model.inactive_adapters = None, None, {}
+    model.adapter_enabled = True
 
 
 def _check_finite(xp, arrays: dict, what: str):
@@ -134,6 +197,8 @@ def merge_lora(model):
         raise MiniLoraError("adapters are already merged; merging again would add the update twice")
     if not model.lora:
         raise MiniLoraError("the model has no adapter to merge")
+    if not model.adapter_enabled:
+        raise MiniLoraStateError("adapters are disabled; enable them before merging (enable_adapters)")
     new = {}
     for m, lm in model.lora.items():
         w = model.weight(m + ".weight")

@@ -80,3 +80,22 @@ def scatter_add_rows(target, idx, values):
     else:
         numpy.add.at(target, idx, values)
     return target
+
+
+def sum_rows_by_index(idx, values, num_rows: int):
+    """out[v] = sum of values[n] over every n with idx[n] == v: a new (num_rows, C) array.
+
+    idx (N,) integers in [0, num_rows), values (N, C). The same sums as scatter_add_rows into
+    zeros, faster on numpy: a stable sort by index, then one add.reduceat over the runs of equal
+    indices (each run summed in its original order) and one write per distinct index. cupy uses
+    cupyx.scatter_add. Rows whose index never occurs are zero.
+    """
+    xp = array_module(idx, values)
+    out = xp.zeros((num_rows, values.shape[-1]), dtype=values.dtype)     # (V, C)
+    if _is_cupy(values) or idx.shape[0] == 0:
+        return scatter_add_rows(out, idx, values)
+    order = numpy.argsort(idx, kind="stable")                            # (N,) equal indices stay in order
+    sorted_idx = idx[order]
+    starts = numpy.flatnonzero(numpy.concatenate(([True], sorted_idx[1:] != sorted_idx[:-1])))  # run starts
+    out[sorted_idx[starts]] = numpy.add.reduceat(values[order], starts, axis=0)   # (runs, C)
+    return out

@@ -5,6 +5,8 @@ Examples:
     minilora demo --quick                           # a shorter run of the same steps
     minilora demo-linear                            # one LoRA layer learns a planted low-rank update
     minilora train --config configs/finetune_configs.json --run sentiment_tiny_8bits_r8
+    minilora train --config configs/finetune_configs.json --run sentiment_tiny_8bits_r8 \
+        --resume out/sentiment_tiny_8bits_r8.ckpt        # continue after Ctrl-C, exactly
 
 Bad input prints one line on stderr and exits with code 2.
 """
@@ -39,7 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run", required=True, help="name of the run in that file")
     t.add_argument("--out", default=None, help="adapter output folder (default out/<run>)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--checkpoint-dir", default=None,
+                   help="resumable checkpoint folder, saved every --checkpoint-every steps, at the end and "
+                        "on Ctrl-C (default <out>.ckpt, or the --resume folder)")
+    t.add_argument("--checkpoint-every", type=int, default=50,
+                   help="optimizer steps between checkpoints (default 50; 0: only at the end and on Ctrl-C)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run from this checkpoint folder, exactly where it stopped")
+
+    for mod in _command_modules():
+        c = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.__doc__)
+        mod.add_arguments(c)
+        COMMANDS[mod.NAME] = mod.run
     return p
+
+
+def _command_modules():
+    """The subcommand modules under minilora/commands (merge, generate, analyze, bench, ...)."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    return [importlib.import_module(f"{commands.__name__}.{m.name}")
+            for m in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name)]
 
 
 def _demo(args) -> int:
@@ -61,9 +86,18 @@ def _demo_linear(args) -> int:
 
 
 def _train(args) -> int:
+    import os
+
     from .demo import train_run
 
-    train_run(args.config, args.run, args.out, progress=not args.no_progress)
+    if args.checkpoint_every < 0:
+        raise MiniLoraError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.resume is not None and not os.path.isdir(args.resume):
+        raise MiniLoraError(f"--resume {args.resume}: no such checkpoint folder")
+    out = args.out or os.path.join("out", args.run)
+    ckpt = args.checkpoint_dir or args.resume or out.rstrip("/\\") + ".ckpt"
+    train_run(args.config, args.run, out, progress=not args.no_progress, checkpoint_dir=ckpt,
+              checkpoint_every=args.checkpoint_every, resume_from=args.resume)
     return 0
 
 
@@ -79,10 +113,12 @@ def main(argv=None) -> int:
             return 2
         return COMMANDS[args.command](args)
     except MiniLoraError as e:
-        print(f"minilora: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())       # one line, even when an argument holds a newline
+        print(f"minilora: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("minilora: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        detail = " ".join(str(e).split())          # a training run says where its checkpoint went
+        print(f"minilora: interrupted{'; ' + detail if detail else ''}", file=sys.stderr)
         return 130
 
 

@@ -211,15 +211,33 @@ def save_loss_plot(curves: dict, path: str):
     plt.close(fig)
 
 
+PARAM_CALC_ARGS = ["--model", "llama-3.1-70b", "--rank", "4", "--targets", "q_proj,k_proj,v_proj"]
+
+
 def param_calc_summary() -> str:
-    """The calculator's headline: Llama-3.1-70B, r=4 on q/k/v."""
-    from param_calc.counting import count_lora  # noqa: F401  (wired once param_calc lands)
+    """The calculator's headline: Llama-3.1-70B, r=4 on q/k/v (the text `param-calc` prints)."""
+    import contextlib
+    import io as _io
 
-    return ""
+    from param_calc.cli import main as param_calc_main
+
+    buf = _io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = param_calc_main(PARAM_CALC_ARGS)
+    if code != 0:
+        raise MiniLoraError(f"param-calc {' '.join(PARAM_CALC_ARGS)} failed with exit code {code}")
+    text = buf.getvalue()
+    keep = text.split("Memory estimate")[0].rstrip()
+    return f"$ param-calc {' '.join(PARAM_CALC_ARGS)}\n{keep}"
 
 
-def train_run(config_path, run_name, out_dir=None, progress=True, log=print):
-    """`minilora train`: one FinLoRA run end to end; returns (model, test accuracy or None)."""
+def train_run(config_path, run_name, out_dir=None, progress=True, log=print, checkpoint_dir=None,
+              checkpoint_every=0, resume_from=None):
+    """`minilora train`: one FinLoRA run end to end; returns (model, test accuracy or None).
+
+    checkpoint_dir / checkpoint_every / resume_from are passed to train.fit: checkpoints every N
+    steps, at the end and on Ctrl-C; resume_from continues a run exactly where it stopped.
+    """
     run = get_run(config_path, run_name)
     tok = ByteTokenizer()
     rows = load_jsonl(run.dataset_path)
@@ -230,8 +248,13 @@ def train_run(config_path, run_name, out_dir=None, progress=True, log=print):
     matched = add_lora(model, cfg, seed=run.seed)
     log(f"run {run.name}: {run.quant_bits}-bit base, targets matched {matched}")
     log(format_trainable(model))
-    res = fit(model, examples, train_config(run), progress=progress, desc=run.name)
+    res = fit(model, examples, train_config(run), progress=progress, desc=run.name,
+              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume_from=resume_from)
+    if res.resumed_from is not None:
+        log(f"resumed from {resume_from} at step {res.resumed_from}")
     log(f"{res.steps} steps in {res.seconds:.1f}s, loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
+    if res.checkpoint:
+        log(f"checkpoint: {res.checkpoint}/")
     acc = None
     if run.test_dataset_path:
         acc = choice_accuracy(model, load_jsonl(run.test_dataset_path), tok, LABELS)

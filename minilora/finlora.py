@@ -9,11 +9,13 @@
     }
 
 Required keys: base_model, dataset_path, lora_r, quant_bits, learning_rate, num_epochs,
-batch_size, gradient_accumulation_steps. lora_alpha defaults to 16, as in FinLoRA.
+batch_size, gradient_accumulation_steps. lora_alpha defaults to 16, as in FinLoRA. Every key is
+checked (type and range) and a bad one raises MiniLoraError naming the run and the key.
 quant_bits 16 means an unquantized (float) base; 8 and 4 quantize the frozen weights.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -46,9 +48,9 @@ class FinLoraRun:
 
 
 def _num(run, key, value, kind, positive=True):
-    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
     if not ok or (positive and not value > 0):
-        what = "a positive integer" if kind is int else "a positive number"
+        what = "a positive integer" if kind is int else "a positive finite number"
         raise MiniLoraError(f"run {run!r}: {key} must be {what}, got {value!r}")
     return value
 
@@ -62,19 +64,32 @@ def parse_run(name: str, d: dict, base_dir: str = ".") -> FinLoraRun:
         raise MiniLoraError(f"run {name!r}: missing key(s) {', '.join(missing)}")
     unknown = sorted(set(d) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
-        raise MiniLoraError(f"run {name!r}: unknown key(s) {', '.join(unknown)}")
+        raise MiniLoraError(f"run {name!r}: unknown key(s) {', '.join(map(repr, unknown))}")
     v = {**OPTIONAL, **d}
     for k in ("lora_r", "num_epochs", "batch_size", "gradient_accumulation_steps"):
         _num(name, k, v[k], int)
     for k in ("learning_rate", "lora_alpha"):
         _num(name, k, v[k], (int, float))
-    if v["quant_bits"] not in (4, 8, 16) or isinstance(v["quant_bits"], bool):
+    if type(v["quant_bits"]) is not int or v["quant_bits"] not in (4, 8, 16):
         raise MiniLoraError(f"run {name!r}: quant_bits must be 4, 8 or 16, got {v['quant_bits']!r}")
-    if not isinstance(v["lora_dropout"], (int, float)) or not 0 <= v["lora_dropout"] < 1:
-        raise MiniLoraError(f"run {name!r}: lora_dropout must be in [0, 1), got {v['lora_dropout']!r}")
+    for k in ("lora_dropout", "warmup_ratio"):
+        if not isinstance(v[k], (int, float)) or isinstance(v[k], bool) or not 0 <= v[k] < 1:
+            raise MiniLoraError(f"run {name!r}: {k} must be in [0, 1), got {v[k]!r}")
+    if type(v["seed"]) is not int or v["seed"] < 0:
+        raise MiniLoraError(f"run {name!r}: seed must be a non-negative integer, got {v['seed']!r}")
+    if not isinstance(v["peft_use_rslora"], bool):
+        raise MiniLoraError(f"run {name!r}: peft_use_rslora must be true or false, got {v['peft_use_rslora']!r}")
+    t = v["target_modules"]
+    if not (isinstance(t, str) and t) and not (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)):
+        raise MiniLoraError(f"run {name!r}: target_modules must be a non-empty list of module names, "
+                            f"'all-linear' or a regex, got {t!r}")
     for k in ("base_model", "dataset_path"):
         if not isinstance(v[k], str) or not v[k]:
-            raise MiniLoraError(f"run {name!r}: {k} must be a non-empty string")
+            raise MiniLoraError(f"run {name!r}: {k} must be a non-empty string, got {v[k]!r}")
+    if v["test_dataset_path"] is not None and (not isinstance(v["test_dataset_path"], str)
+                                               or not v["test_dataset_path"]):
+        raise MiniLoraError(f"run {name!r}: test_dataset_path must be a non-empty string or null, "
+                            f"got {v['test_dataset_path']!r}")
     for k in ("dataset_path", "test_dataset_path"):
         if v[k] and not os.path.isabs(v[k]):
             v[k] = os.path.normpath(os.path.join(base_dir, v[k]))

@@ -9,6 +9,8 @@ labels[t + 1]) and averages over the labels that are not -100, as transformers d
 Parameters live in ``model.params`` keyed by Hugging Face state-dict names; LoRA factors by PEFT's
 (``model.layers.0.self_attn.q_proj.lora_A.weight``). ``model.trainable`` names the parameters that
 get gradients; every other weight is frozen and its gradient is never computed.
+Named adapters (minilora.adapters): only the active adapter's factors are in ``model.params``;
+the others wait in ``model.inactive_adapters`` and set_adapter swaps them in.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from dataclasses import dataclass
 
 from .backend import array_module, get_xp
 from .config import LlamaConfig
+from .errors import MiniLoraError, MiniLoraStateError
 from .layers.attention import attention_backward, attention_forward
 from .layers.embedding import embedding_backward, embedding_forward
 from .layers.linear import linear_backward, linear_forward
 from .layers.lora import lora_backward, lora_forward
-from .layers.loss import cross_entropy_backward, cross_entropy_forward
+from .layers.loss import cross_entropy_forward, cross_entropy_fused
 from .layers.mlp import swiglu_backward, swiglu_forward
 from .layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from .layers.rope import rope_backward, rope_forward, rope_tables
@@ -54,7 +57,10 @@ class LlamaForCausalLM:
         self.params = params
         self.xp = array_module(*params.values())
         self.trainable: set = set()          # names that get gradients
-        self.lora: dict = {}                 # module name -> LoraModule
+        self.lora: dict = {}                 # module name -> LoraModule (of the active adapter)
+        self.lora_config = None              # LoraConfig of the active adapter
+        self.active_adapter = None           # name of the adapter whose factors are in params
+        self.inactive_adapters: dict = {}    # name -> adapters.StoredAdapter (factors kept outside params)
         self.merged = False                  # LoRA updates folded into the base weights
         self.adapter_enabled = True          # False: the adapted model computes the base exactly
         self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
@@ -151,15 +157,16 @@ class LlamaForCausalLM:
         k, c_rk = rope_forward(k, cos, sin)
         att, c_att = attention_forward(q, k, v)                                      # (B, nh, T, hd)
         att = att.transpose(0, 2, 1, 3).reshape(b, t, nh * hd)                       # (B, T, nh*hd)
-        o, c_o = self.proj_forward(att, p + "self_attn.o_proj", train)               # (B, T, C)
-        a = x + o
+        a, c_o = self.proj_forward(att, p + "self_attn.o_proj", train)               # (B, T, C)
+        a += x                                       # a = x + o_proj(att), in the fresh output
         n2, c_n2 = rmsnorm_forward(a, self.params[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
         g, c_g = self.proj_forward(n2, p + "mlp.gate_proj", train)                   # (B, T, I)
         u, c_u = self.proj_forward(n2, p + "mlp.up_proj", train)                     # (B, T, I)
         m, c_m = swiglu_forward(g, u)                                                # (B, T, I)
         d, c_d = self.proj_forward(m, p + "mlp.down_proj", train)                    # (B, T, C)
         cache = (c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d)
-        return a + d, cache
+        d += a                                       # y = a + down_proj(m)
+        return d, cache
 
     def _layer_backward(self, dy, i: int, cache, grads: dict):
         c, p = self.config, f"model.layers.{i}."
@@ -169,9 +176,10 @@ class LlamaForCausalLM:
         # MLP branch: y = a + down(swiglu(gate(n2), up(n2)))
         dm = self.proj_backward(dy, p + "mlp.down_proj", c_d, grads)
         dg, du = swiglu_backward(dm, c_m)
-        dn2 = self.proj_backward(dg, p + "mlp.gate_proj", c_g, grads)
-        dn2 = dn2 + self.proj_backward(du, p + "mlp.up_proj", c_u, grads)
-        da = dy + self._norm_backward(dn2, c_n2, p + "post_attention_layernorm.weight", grads)
+        dn2 = self.proj_backward(dg, p + "mlp.gate_proj", c_g, grads)  # fresh arrays: sum in place
+        dn2 += self.proj_backward(du, p + "mlp.up_proj", c_u, grads)
+        da = self._norm_backward(dn2, c_n2, p + "post_attention_layernorm.weight", grads)
+        da += dy                                                                     # never into dy
         # attention branch: a = x + o_proj(attention(...))
         datt = self.proj_backward(da, p + "self_attn.o_proj", c_o, grads)            # (B, T, nh*hd)
         datt = datt.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                      # (B, nh, T, hd)
@@ -180,9 +188,11 @@ class LlamaForCausalLM:
         dk = rope_backward(dk, c_rk).transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
         dv = dv.transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
         dn1 = self.proj_backward(dq, p + "self_attn.q_proj", c_q, grads)
-        dn1 = dn1 + self.proj_backward(dk, p + "self_attn.k_proj", c_k, grads)
-        dn1 = dn1 + self.proj_backward(dv, p + "self_attn.v_proj", c_v, grads)
-        return da + self._norm_backward(dn1, c_n1, p + "input_layernorm.weight", grads)
+        dn1 += self.proj_backward(dk, p + "self_attn.k_proj", c_k, grads)
+        dn1 += self.proj_backward(dv, p + "self_attn.v_proj", c_v, grads)
+        dx = self._norm_backward(dn1, c_n1, p + "input_layernorm.weight", grads)
+        dx += da
+        return dx
 
     def _norm_backward(self, dout, cache, wname: str, grads: dict):
         dx, dw = rmsnorm_backward(dout, cache, frozen=wname not in self.trainable)
@@ -193,6 +203,9 @@ class LlamaForCausalLM:
     def hidden_states(self, input_ids, train: bool = False, keep: bool = False):
         """Final normalised hidden states (B, T, C), and the caches when keep=True."""
         ids = self.xp.asarray(input_ids)
+        if ids.ndim != 2 or 0 in ids.shape:
+            raise MiniLoraError(f"input_ids must be a (batch, seq_len) array with batch, seq_len >= 1, "
+                                f"got shape {tuple(ids.shape)}")
         x, c_emb = embedding_forward(ids, self.params["model.embed_tokens.weight"])  # (B, T, C)
         cos, sin = self.rope(ids.shape[1])
         caches = []
@@ -223,14 +236,13 @@ class LlamaForCausalLM:
         and -100 marks positions that do not count. train=True applies LoRA dropout.
         """
         if self.merged and self.lora and self.trainable & self._lora_names():
-            raise RuntimeError("cannot train while the adapters are merged; unmerge first")
+            raise MiniLoraStateError("cannot train while the adapters are merged; unmerge first")
         xp = self.xp
         labels = xp.asarray(labels)
         h, (c_emb, caches, c_norm) = self.hidden_states(input_ids, train=train, keep=True)
         head = self.head_weight_name()
         logits, c_head = linear_forward(h[:, :-1], self.weight(head))                # (B, T-1, V)
-        loss, c_ce = cross_entropy_forward(logits, labels[:, 1:])
-        dlogits = cross_entropy_backward(c_ce)
+        loss, dlogits = cross_entropy_fused(logits, labels[:, 1:])                   # (B, T-1, V)
         del logits
         grads: dict = {}
         if head in self.trainable:
@@ -263,7 +275,7 @@ class LlamaForCausalLM:
         from .quant import quantize
 
         if self.merged:
-            raise RuntimeError("quantize before merging, not after")
+            raise MiniLoraStateError("quantize before merging, not after")
         for name in list(self.params):
             if ".layers." in name and name.endswith("_proj.weight") and name not in self.trainable:
                 self.quantized[name] = quantize(self.params.pop(name), bits, group_size)
@@ -277,7 +289,7 @@ class LlamaForCausalLM:
     def set_full_finetuning(self):
         """Every base parameter trainable (the comparison to LoRA); LoRA factors, if any, too."""
         if self.quantized:
-            raise RuntimeError("full fine-tuning needs float weights; this model's base is quantized")
+            raise MiniLoraStateError("full fine-tuning needs float weights; this model's base is quantized")
         self.trainable = set(self.params)
 
     def num_params(self, names=None) -> int:

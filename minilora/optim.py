@@ -38,13 +38,21 @@ class AdamW:
                 self.m[name] = xp.zeros_like(p)
                 self.v[name] = xp.zeros_like(p)
             m, v = self.m[name], self.v[name]
+            t = g * (1.0 - b1)                   # two scratch arrays per parameter, reused
             m *= b1
-            m += (1.0 - b1) * g
+            m += t
+            d = g * g
+            d *= 1.0 - b2
             v *= b2
-            v += (1.0 - b2) * (g * g)
+            v += d
             if self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
-            p -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
+            xp.divide(v, c2, out=d)
+            xp.sqrt(d, out=d)
+            d += self.eps                        # sqrt(v_hat) + eps
+            xp.multiply(m, lr / c1, out=t)
+            t /= d
+            p -= t
 
     def state_dict(self) -> dict:
         """Arrays keyed 'm.<name>' / 'v.<name>' plus the step count (for checkpoints)."""
@@ -77,7 +85,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     xp = array_module(next(iter(grads.values())))
     total = xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
     norm = float(total)
-    if max_norm and norm > max_norm:
+    if max_norm and math.isfinite(norm) and norm > max_norm:      # a non-finite norm is left to the caller
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
             g *= scale

@@ -27,7 +27,7 @@ from minilora.model import LlamaForCausalLM  # noqa: E402
 from minilora.optim import AdamW, clip_grad_norm, cosine_schedule  # noqa: E402
 
 BASE_DIR = os.path.join(os.path.dirname(__file__), "..", "minilora", "assets", "tiny-sentiment-base")
-CONFIG = dict(vocab_size=259, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+CONFIG = dict(vocab_size=259, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
               rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
               bos_token_id=256, eos_token_id=257, pad_token_id=258)

@@ -79,6 +79,18 @@ def test_planted_rank_k_effective_ranks(seed, k, extra, sig):
     assert 1.0 - 1e-9 <= erank <= k + 1e-6
 
 
+@given(seed=seeds, k=st.integers(1, 8), extra=st.integers(0, 4), c=st.floats(0.01, 100.0),
+       scale=st.floats(0.1, 4.0))
+def test_planted_rank_k_with_equal_sigmas_has_entropy_rank_k(seed, k, extra, c, scale):
+    # p_i = 1/k for the k nonzero sigma: exp(-sum p log p) = exp(log k) = k; every energy threshold
+    # above (k-1)/k needs all k directions
+    a, b, _, _ = _planted(np.random.default_rng(seed), 20, 16, k + extra, np.full(k, c))
+    s = delta_singular_values(a, b, scale)
+    np.testing.assert_allclose(s[:k], scale * c, rtol=1e-10)
+    assert entropy_effective_rank(s) == pytest.approx(k, rel=1e-9)
+    assert energy_rank(s, 1 - 0.5 / k) == k
+
+
 def test_entropy_rank_extremes_and_zero():
     assert entropy_effective_rank(np.array([3.0, 3.0, 3.0, 0.0])) == pytest.approx(3.0)
     assert entropy_effective_rank(np.array([5.0, 0.0, 0.0])) == pytest.approx(1.0)
@@ -240,6 +252,33 @@ def test_amplification_by_hand():
     assert amplification(w, a, b, 0.5, r=1)["proj_delta"] == pytest.approx(1.0)
     with pytest.raises(MiniLoraError):
         amplification(w, a, b, 0.5, r=3)
+
+
+@given(seed=seeds, r=st.integers(1, 4), scale=st.floats(-3.0, 3.0).filter(lambda x: abs(x) > 0.05))
+def test_amplification_of_a_delta_inside_ws_top_subspace(seed, r, scale):
+    """W = P diag(sw) Q^T (sw descending); delta W = s B A with B = P_r M, A = N Q_r^T, M, N
+    invertible (r, r). Then delta W = P_r (s M N) Q_r^T has rank r, its top-r singular subspaces
+    are span(P_r) and span(Q_r), so U = P_r R1, V = Q_r R2 with R1, R2 orthogonal and
+    ||U^T W V||_F = ||R1^T diag(sw_1..sw_r) R2||_F = sqrt(sw_1^2 + ... + sw_r^2) = proj_w;
+    the factor is |s| ||M N||_F / sqrt(sw_1^2 + ... + sw_r^2)."""
+    rng = np.random.default_rng(seed)
+    out_f, in_f = 9, 7
+    p, q = _orth(rng, out_f, out_f), _orth(rng, in_f, in_f)
+    sw = np.sort(rng.uniform(0.1, 5.0, in_f))[::-1]
+    w = (p[:, :in_f] * sw) @ q.T                                   # (out, in), singular values sw
+
+    def invertible():
+        return _orth(rng, r, r) * rng.uniform(0.5, 2.0, r) @ _orth(rng, r, r)
+
+    m, n = invertible(), invertible()
+    b, a = p[:, :r] @ m, n @ q[:, :r].T                            # (out, r), (r, in)
+    got = amplification(w, a, b, scale)
+    top = math.sqrt(float(np.sum(sw[:r] ** 2)))
+    assert got["r"] == r
+    assert got["proj_w"] == pytest.approx(top, rel=1e-10)
+    assert got["proj_delta"] == pytest.approx(top, rel=1e-8)
+    assert got["delta_fro"] == pytest.approx(abs(scale) * np.linalg.norm(m @ n), rel=1e-10)
+    assert got["amplification"] == pytest.approx(abs(scale) * np.linalg.norm(m @ n) / top, rel=1e-8)
 
 
 @given(seed=seeds, r=st.integers(1, 4))

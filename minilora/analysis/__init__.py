@@ -1,7 +1,9 @@
 """Analysis of LoRA updates (Hu et al., 2021, section 7): spectra, subspaces, amplification, labs."""
+from .adapter_files import AdapterFactors, read_adapter_factors
 from .amplification import amplification, amplification_table
 from .labs import intrinsic_rank_lab, mse_backward, mse_forward, precision_lab
 from .plots import save_intrinsic_rank_lab, save_phi_heatmaps, save_precision_lab, save_spectra
+from .report import analyze_adapter, phi_section, summary_markdown, write_report
 from .spectra import delta_singular_values, energy_rank, entropy_effective_rank, lowrank_svd, module_spectra
 from .subspace import (
     delta_basis,
@@ -14,6 +16,8 @@ from .subspace import (
 )
 
 __all__ = [
+    "AdapterFactors", "read_adapter_factors",
+    "analyze_adapter", "phi_section", "summary_markdown", "write_report",
     "amplification", "amplification_table",
     "intrinsic_rank_lab", "precision_lab", "mse_forward", "mse_backward",
     "save_spectra", "save_phi_heatmaps", "save_intrinsic_rank_lab", "save_precision_lab",

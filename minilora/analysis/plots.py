@@ -13,14 +13,21 @@ from ..atomic import atomic_path
 from ..backend import to_numpy
 
 
-def _figure(ncols: int, width: float = 4.6, height: float = 3.6):
-    """A Figure with an Agg canvas and ncols axes side by side."""
+def _figure(n: int, width: float = 4.6, height: float = 3.6, ncols: int | None = None,
+            layout: str | None = "constrained"):
+    """A Figure with an Agg canvas and n axes, ncols to a row (default: all in one row).
+
+    layout None skips the constrained-layout solver (about half the drawing time of a grid of
+    heatmaps); the caller then places the axes with subplots_adjust.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    ncols = n if ncols is None else max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout=layout)
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
     return fig, axes
 
 
@@ -34,12 +41,14 @@ def _save(fig, path) -> str:
     return path
 
 
-def save_spectra(rows: list, path, normalize: bool = True) -> str:
+def save_spectra(rows: list, path, normalize: bool = True, title: str = "") -> str:
     """Singular values of each module's update (rows from spectra.module_spectra), log scale.
 
     normalize divides each module's values by its largest, so modules of any scale compare.
+    A legend is drawn for up to 12 modules.
     """
-    fig, (ax,) = _figure(1, width=6.0)
+    fig, (ax,) = _figure(1, width=6.0, layout=None)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.9)
     for row in rows:
         sig = [float(v) for v in row["sigma"]]
         top = sig[0] if normalize and sig and sig[0] > 0 else 1.0
@@ -48,25 +57,40 @@ def save_spectra(rows: list, path, normalize: bool = True) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("index i")
     ax.set_ylabel("sigma_i / sigma_1" if normalize else "sigma_i")
-    ax.set_title("Singular values of delta W = s B A")
-    if rows:
+    ax.set_title(title or "Singular values of delta W = s B A")
+    if 0 < len(rows) <= 12:
         ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def save_phi_heatmaps(grids: dict, path, xlabel: str = "j", ylabel: str = "i") -> str:
-    """One heatmap per {title: phi grid (m1, m2)}, colour scale fixed to [0, 1] (Figures 3-4)."""
-    fig, axes = _figure(max(len(grids), 1), width=4.0, height=3.6)
+def save_phi_heatmaps(grids: dict, path, xlabel: str = "j", ylabel: str = "i", title: str = "",
+                      ncols: int = 4) -> str:
+    """One heatmap per {title: phi grid (m1, m2)}, colour scale fixed to [0, 1] (Figures 3-4).
+
+    Panels wrap after ncols; a grid such as 8 x 64 fills its panel (aspect 'auto').
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    n = max(len(grids), 1)
+    fig, axes = _figure(n, width=4.0, height=3.2, ncols=ncols, layout=None)
+    w, h = fig.get_size_inches()                      # margins in inches: room for labels, colorbar
+    fig.subplots_adjust(left=0.6 / w, right=1 - 1.3 / w, bottom=0.55 / h,
+                        top=1 - (0.75 if title else 0.4) / h, wspace=0.3, hspace=0.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
     im = None
-    for ax, (title, grid) in zip(axes, grids.items(), strict=False):
+    for ax, (name, grid) in zip(axes, grids.items(), strict=False):
         g = to_numpy(grid)
-        im = ax.imshow(g, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper",
+        im = ax.imshow(g, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper", aspect="auto",
                        extent=(0.5, g.shape[1] + 0.5, g.shape[0] + 0.5, 0.5))
-        ax.set_title(title, fontsize=9)
+        ax.set_title(name, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     if im is not None:
-        fig.colorbar(im, ax=axes, shrink=0.8, label="phi(i, j)")
+        cax = fig.add_axes((1 - 1.1 / w, 0.55 / h, 0.15 / w, 1 - (1.3 if title else 0.95) / h))
+        fig.colorbar(im, cax=cax, label="phi(i, j)")
     return _save(fig, path)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import array_module, scatter_add_rows
+from ..backend import array_module, sum_rows_by_index
 from ..errors import MiniLoraError
 
 
@@ -45,8 +45,5 @@ def embedding_forward(ids, w):
 def embedding_backward(dout, cache: EmbeddingCache):
     """dW (V, C) in dout's dtype: the rows of dout scatter-added at their ids."""
     ids, vocab_size = cache
-    xp = array_module(dout)
     c = dout.shape[-1]
-    dw = xp.zeros((vocab_size, c), dtype=dout.dtype)                     # (V, C)
-    scatter_add_rows(dw, ids.reshape(-1), dout.reshape(-1, c))          # (N,), (N, C) -> (V, C)
-    return dw
+    return sum_rows_by_index(ids.reshape(-1), dout.reshape(-1, c), vocab_size)   # (N,), (N, C) -> (V, C)

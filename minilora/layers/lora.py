@@ -21,6 +21,7 @@ import warnings
 from typing import NamedTuple
 
 from ..backend import array_module, compute_dtype
+from ..errors import MiniLoraStateError
 from .linear import _mm2d, linear_backward, linear_forward
 
 
@@ -88,8 +89,9 @@ def lora_backward(dout, cache: LoraCache):
     da = dz.reshape(-1, dz.shape[-1]).T @ u.reshape(-1, u.shape[-1])  # (r, N) @ (N, in) -> (r, in)
     dxl = _mm2d(dz, a)                                             # (..., r) @ (r, in) -> (..., in)
     if mask is not None:
-        dxl = dxl * mask
-    return dx + dxl, da, db
+        dxl *= mask
+    dx += dxl                                # dx and dxl are fresh arrays: accumulate in place
+    return dx, da, db
 
 
 def lora_delta(a, b, scale):
@@ -134,7 +136,7 @@ class LoraLinear:
         """Returns (h, cache). Merged: a plain linear with the merged weight (no extra latency)."""
         if self.merged:
             if train:
-                raise RuntimeError("cannot train while the adapter is merged; unmerge() first")
+                raise MiniLoraStateError("cannot train while the adapter is merged; unmerge() first")
             return linear_forward(x, self.weight, self.bias)
         p = self.dropout_p if train else 0.0
         return lora_forward(x, self.weight, self.lora_A, self.lora_B, self.scale, self.bias, p,
@@ -147,7 +149,7 @@ class LoraLinear:
     def merge(self):
         """Fold s*B@A into the weight. Merging an already merged layer raises."""
         if self.merged:
-            raise RuntimeError("adapter is already merged; merging again would add the update twice")
+            raise MiniLoraStateError("adapter is already merged; merging again would add the update twice")
         self.weight = lora_merge(self.weight, self.lora_A, self.lora_B, self.scale)
         self.merged = True
 

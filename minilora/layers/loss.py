@@ -11,6 +11,11 @@ Backward (dL = upstream scalar gradient)
 When every target is ignored (|K| = 0) the loss is 0 and dlogits is all zeros: a batch with
 nothing to learn from is a no-op. torch returns nan there (0 / 0), which would poison the
 optimiser state. The loss is a 0-d array; call float(loss) only where you log it.
+
+cross_entropy_fused returns the loss and dlogits (for dL = 1) together, the training path's
+softmax + cross-entropy fused: one exp over the logits serves both, e = exp(z - m),
+    lse_n = m_n + log(s_n),  s_n = sum_v e_nv,     dz_nv = w_n (e_nv / s_n - [v == t_n]),
+and no logits are cached for a backward.
 """
 from __future__ import annotations
 
@@ -28,13 +33,8 @@ class CrossEntropyCache(NamedTuple):
     n_valid: object  # 0-d array, |K| (at least 1 for the division)
 
 
-def cross_entropy_forward(logits, targets, ignore_index: int = -100):
-    """Mean cross-entropy. logits (N, V) or (B, T, V), targets (N,) or (B, T) integer.
-
-    Returns (loss 0-d array in logits' dtype, cache). Targets outside [0, V) other than
-    ignore_index raise MiniLoraError.
-    """
-    xp = array_module(logits, targets)
+def _rows(logits, targets, ignore_index, xp):
+    """(z (N, V), t (N,) with ignored entries 0, valid (N,) bool), after checking the targets."""
     targets = xp.asarray(targets)
     if targets.shape != logits.shape[:-1]:
         raise MiniLoraError(f"targets of shape {targets.shape} do not fit logits of shape {logits.shape}")
@@ -50,7 +50,17 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100):
         raise MiniLoraError(
             f"target {first} is out of range for {v} classes (valid 0..{v - 1}, "
             f"or ignore_index={ignore_index})")
-    t = xp.where(valid, t, 0)                                            # (N,) safe to gather
+    return z, xp.where(valid, t, 0), valid                               # t safe to gather
+
+
+def cross_entropy_forward(logits, targets, ignore_index: int = -100):
+    """Mean cross-entropy. logits (N, V) or (B, T, V), targets (N,) or (B, T) integer.
+
+    Returns (loss 0-d array in logits' dtype, cache). Targets outside [0, V) other than
+    ignore_index raise MiniLoraError.
+    """
+    xp = array_module(logits, targets)
+    z, t, valid = _rows(logits, targets, ignore_index, xp)
     m = xp.max(z, axis=-1)                                               # (N,)
     log_s = xp.log(xp.sum(xp.exp(z - m[:, None]), axis=-1))              # (N,) log sum exp(z - m)
     picked = xp.take_along_axis(z, t[:, None], axis=-1)[:, 0]            # (N,) z[n, t_n]
@@ -72,3 +82,26 @@ def cross_entropy_backward(cache: CrossEntropyCache, dloss=1.0):
     dz[xp.arange(z.shape[0]), t] -= 1.0                                  # minus the one-hot
     dz *= w[:, None]
     return dz.reshape(logits.shape)
+
+
+def cross_entropy_fused(logits, targets, ignore_index: int = -100):
+    """(loss, dlogits): cross_entropy_forward and cross_entropy_backward (dloss = 1) in one pass.
+
+    The same values up to rounding, with one exp over the logits instead of two and no cache.
+    logits (N, V) or (B, T, V), targets (N,) or (B, T) integer; dlogits has the logits' shape.
+    """
+    xp = array_module(logits, targets)
+    z, t, valid = _rows(logits, targets, ignore_index, xp)
+    n = z.shape[0]
+    m = xp.max(z, axis=-1)                                               # (N,)
+    e = z - m[:, None]                                                   # (N, V) a fresh array
+    xp.exp(e, out=e)                                                     # exp(z - m)
+    s = xp.sum(e, axis=-1)                                               # (N,)
+    picked = xp.take_along_axis(z, t[:, None], axis=-1)[:, 0]            # (N,) z[n, t_n]
+    row = (m - picked) + xp.log(s)                                       # (N,) lse - z_t
+    n_valid = xp.maximum(xp.sum(valid), 1).astype(z.dtype)               # 0-d
+    loss = xp.sum(xp.where(valid, row, 0)) / n_valid                     # 0-d
+    w = (valid.astype(z.dtype) / n_valid).astype(z.dtype)                # (N,) per-row weight
+    e *= (w / s)[:, None]                                                # w * softmax
+    e[xp.arange(n), t] -= w                                              # minus w * one-hot
+    return loss, e.reshape(logits.shape)

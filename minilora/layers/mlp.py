@@ -8,8 +8,10 @@ Forward, elementwise, with sigma the logistic sigmoid
 Backward (G = dL/dh), using sigma' = sigma (1 - sigma)
     du = G * silu(g)
     dg = G * u * sigma(g) * (1 + g * (1 - sigma(g)))
-sigma is evaluated as 1 / (1 + e) for g >= 0 and e / (1 + e) for g < 0 with e = exp(-|g|),
-so no exponent overflows.
+sigma is evaluated with one exponential, e = exp(-|g|) (never overflows), as
+    sigma(g) = (e * [g < 0] + [g >= 0]) / (1 + e),
+i.e. 1 / (1 + e) for g >= 0 and e / (1 + e) for g < 0: the same floating-point operations as the
+two-branch form (so the same bits), without a where() over two computed branches.
 """
 from __future__ import annotations
 
@@ -19,9 +21,15 @@ from ..backend import array_module
 
 
 def sigmoid(x, xp):
-    """1 / (1 + exp(-x)), with no overflow for large |x|."""
-    e = xp.exp(-xp.abs(x))                   # in (0, 1]
-    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """1 / (1 + exp(-x)) as (e [x < 0] + [x >= 0]) / (1 + e), e = exp(-|x|): no overflow."""
+    e = xp.abs(x)
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)                         # e in (0, 1]
+    num = xp.multiply(e, x < 0, dtype=e.dtype)           # e where x < 0, else 0
+    xp.add(num, x >= 0, out=num, dtype=e.dtype)          # 1 where x >= 0 (0 + 1 and e + 0 are exact)
+    e += 1.0
+    num /= e
+    return num
 
 
 class SwiGLUCache(NamedTuple):
@@ -32,7 +40,9 @@ class SwiGLUCache(NamedTuple):
 def swiglu_forward(g, u):
     """h = silu(g) * u. g, u (..., I) -> (h (..., I), cache)."""
     xp = array_module(g, u)
-    h = g * sigmoid(g, xp) * u               # (..., I)
+    h = sigmoid(g, xp)                       # (..., I) a fresh array, updated in place
+    h *= g                                   # silu(g)
+    h *= u
     return h, SwiGLUCache(g, u)
 
 
@@ -41,6 +51,11 @@ def swiglu_backward(dout, cache: SwiGLUCache):
     g, u = cache
     xp = array_module(dout, g)
     s = sigmoid(g, xp)                       # (..., I)
-    du = dout * (g * s)
-    dg = dout * u * s * (1.0 + g * (1.0 - s))
+    sg = g * s                               # silu(g)
+    du = dout * sg
+    dg = 1.0 - s                             # fresh temporaries, updated in place:
+    dg *= sg                                 # g s (1 - s)
+    dg += s                                  # s (1 + g (1 - s))
+    dg *= u
+    dg *= dout
     return dg, du

@@ -28,8 +28,10 @@ class RMSNormCache(NamedTuple):
 def rmsnorm_forward(x, w, eps: float = 1e-6):
     """y = w * x / sqrt(mean(x^2, last axis) + eps). x (..., C), w (C,) -> (y (..., C), cache)."""
     xp = array_module(x, w)
-    rrms = 1.0 / xp.sqrt(xp.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
-    y = w * (x * rrms)                                                  # (..., C)
+    ms = xp.sum(x * x, axis=-1, keepdims=True) / x.shape[-1]           # (..., 1) mean(x^2), as xp.mean
+    rrms = 1.0 / xp.sqrt(ms + eps)                                      # (..., 1)
+    y = x * rrms                                                        # (..., C) xhat
+    y *= w
     return y, RMSNormCache(x, w, rrms)
 
 
@@ -41,6 +43,8 @@ def rmsnorm_backward(dout, cache: RMSNormCache, frozen: bool = False):
     c = x.shape[-1]
     dw = None if frozen else (dout * xhat).reshape(-1, c).sum(axis=0)   # (N, C) -> (C,)
     gh = dout * w                                                       # dL/dxhat (..., C)
-    proj = xp.mean(gh * xhat, axis=-1, keepdims=True)                   # (..., 1)
-    dx = rrms * (gh - xhat * proj)                                      # (..., C)
-    return dx, dw
+    proj = xp.sum(gh * xhat, axis=-1, keepdims=True) / c                # (..., 1) mean(gh * xhat)
+    xhat *= proj                                # fresh temporaries from here on, updated in place
+    gh -= xhat
+    gh *= rrms                                                          # dx (..., C)
+    return gh, dw

@@ -96,37 +96,38 @@ def rope_tables(positions, head_dim: int, theta: float, xp, dtype="float32", rop
     return xp.cos(angle).astype(dtype), xp.sin(angle).astype(dtype)
 
 
-def _rotate_half(x, xp):
-    """[-x2, x1] for x = [x1, x2] split in halves along the last axis."""
-    h = x.shape[-1] // 2
-    return xp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
-
-
-def _rotate_half_t(g, xp):
-    """The transpose of rotate_half: [g2, -g1]."""
-    h = g.shape[-1] // 2
-    return xp.concatenate([g[..., h:], -g[..., :h]], axis=-1)
-
-
 class RopeCache(NamedTuple):
     cos: object      # (T, d) or (B, 1, T, d), in x's dtype
     sin: object      # same shape as cos
 
 
 def rope_forward(x, cos, sin):
-    """y = x * cos + rotate_half(x) * sin. x (B, nh, T, d), cos/sin (T, d) or (B, T, d)."""
-    xp = array_module(x, cos, sin)
+    """y = x * cos + rotate_half(x) * sin. x (B, nh, T, d), cos/sin (T, d) or (B, T, d).
+
+    Computed half by half into y (no concatenated copy of x):
+    y1 = x1 cos1 - x2 sin1,  y2 = x2 cos2 + x1 sin2.
+    """
+    array_module(x, cos, sin)                                # mixing numpy and cupy raises
     if cos.shape != sin.shape or cos.shape[-1] != x.shape[-1] or cos.shape[-2] != x.shape[-2]:
         raise MiniLoraError(f"RoPE tables of shape {cos.shape} do not fit x of shape {x.shape}")
     if cos.ndim == 3:                                        # per-sequence positions (B, T, d)
         cos, sin = cos[:, None], sin[:, None]                # (B, 1, T, d), broadcast over heads
     cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)
-    y = x * cos + _rotate_half(x, xp) * sin                  # (B, nh, T, d)
+    h = x.shape[-1] // 2
+    y = x * cos                                              # (B, nh, T, d) a fresh array
+    y[..., :h] -= x[..., h:] * sin[..., :h]                  # + rotate_half(x) * sin, half by half
+    y[..., h:] += x[..., :h] * sin[..., h:]
     return y, RopeCache(cos, sin)
 
 
 def rope_backward(dout, cache: RopeCache):
-    """dx (B, nh, T, d): dout rotated back by the same angles."""
-    xp = array_module(dout)
+    """dx (B, nh, T, d): dout rotated back by the same angles.
+
+    dx = G cos + rotate_half^T(G sin), half by half: dx1 = G1 cos1 + G2 sin2, dx2 = G2 cos2 - G1 sin1.
+    """
     cos, sin = cache
-    return dout * cos + _rotate_half_t(dout * sin, xp)     # (B, nh, T, d)
+    h = dout.shape[-1] // 2
+    dx = dout * cos                                          # (B, nh, T, d) a fresh array
+    dx[..., :h] += dout[..., h:] * sin[..., h:]
+    dx[..., h:] -= dout[..., :h] * sin[..., :h]
+    return dx
