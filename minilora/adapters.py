@@ -16,6 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
+from .backend import get_xp
 from .errors import MiniLoraError, MiniLoraStateError
 from .layers.lora import init_lora_weights, lora_merge, lora_scaling, lora_unmerge
 from .model import LoraModule
@@ -159,7 +160,7 @@ def add_lora(model, config: LoraConfig, seed: int = 0, adapter_name: str = "defa
                             f"(remove_lora / delete_adapter) or choose another adapter_name")
     lora, dims, counts = plan_lora(model, config)
     xp, dtype = model.xp, model.dtype
-    rng = xp.random.default_rng(seed)
+    rng = get_xp("numpy").random.default_rng(seed)   # host draws, placed on xp: same A on every backend
     factors = {}
     for m, lm in lora.items():
         fin, fout = dims[m]

@@ -5,8 +5,9 @@ module they belong to (``xp = array_module(x)``) and uses ``xp`` for everything
 it creates; a function that creates arrays from nothing takes ``xp`` explicitly.
 CuPy is imported only when a CuPy array is seen or ``get_xp("cupy")`` is called.
 
-This is the only file (with the file-format code in ``io``) that imports numpy
-at module level; see docs/backend.md and tests/test_backend_guard.py.
+Compute modules never import numpy; host-side modules (file formats, data
+preparation, CLIs, benchmarks) may. tests/test_backend_guard.py lists which and
+why, and fails on any other.
 """
 from __future__ import annotations
 

@@ -309,6 +309,27 @@ def bench_generation(spec, prompt_len, new_tokens, warmup, repeats) -> dict:
     return out
 
 
+def profile_step(spec, batch, seq, mode: str = "lora", top: int = 15) -> list:
+    """cProfile of one training step (after one unprofiled step): the `top` entries by own time."""
+    import cProfile
+    import pstats
+
+    cfg = make_config(spec)
+    ids, labels = make_batch(batch, seq)
+    step = minilora_step(make_model(cfg, mode), ids, labels)
+    step()
+    prof = cProfile.Profile()
+    prof.runcall(step)
+    stats = pstats.Stats(prof)
+    total = stats.total_tt
+    rows = []
+    for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        where = f"{os.path.basename(path)}:{line}({name})" if line else name
+        rows.append({"function": where, "calls": ncalls, "tottime": tottime, "cumtime": cumtime,
+                     "share": tottime / total if total else 0.0})
+    return sorted(rows, key=lambda r: -r["tottime"])[:top]
+
+
 def bench_startup(repeats) -> dict:
     """Wall time of `param-calc --help` and of `python -c pass` (fresh processes, interleaved)."""
     script, python = _param_calc_script()
@@ -414,6 +435,7 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int | None 
             ratios["lora_vs_full_step"] = out["paired"]["minilora_lora/minilora_full"]
 
     spec, batch, seq = P["medium"]
+    timings["profile_medium_lora"] = section("profile", profile_step, spec, batch, seq)
     mem = section("peak memory", lambda: {m: peak_memory(spec, batch, seq, m) for m in ("lora", "full")})
     timings["peak_memory"] = mem
     ratios["lora_vs_full_peak_mem"] = mem["lora"]["peak_rss_kib"] / mem["full"]["peak_rss_kib"]

@@ -22,6 +22,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise MiniLoraError(message)
 
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        for a in self._actions:           # Python < 3.12 turns `X -- --` into X=[] for a one-value positional
+            if not a.option_strings and a.nargs is None and isinstance(getattr(ns, a.dest, None), list):
+                self.error(f"argument {a.metavar or a.dest}: expected one argument")
+        return ns, rest
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minilora", description="LoRA from scratch in NumPy.")
@@ -50,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run from this checkpoint folder, exactly where it stopped")
 
     for mod in _command_modules():
-        c = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.__doc__)
+        c = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(c)
         COMMANDS[mod.NAME] = mod.run
     return p

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backend import array_module, get_xp
+from .backend import array_module, asarray, get_xp
 from .config import LlamaConfig
 from .errors import MiniLoraError, MiniLoraStateError
 from .layers.attention import attention_backward, attention_forward
@@ -64,6 +64,7 @@ class LlamaForCausalLM:
         self.merged = False                  # LoRA updates folded into the base weights
         self.adapter_enabled = True          # False: the adapted model computes the base exactly
         self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
+        self.seed = seed
         self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
         self._rope = {}
 
@@ -71,9 +72,13 @@ class LlamaForCausalLM:
     @classmethod
     def init(cls, config: LlamaConfig, seed: int = 0, xp=None, dtype="float32",
              initializer_range: float = 0.02):
-        """Random weights as transformers initialises them: N(0, 0.02^2) matrices, ones for norms."""
+        """Random weights as transformers initialises them: N(0, 0.02^2) matrices, ones for norms.
+
+        The draws come from a host NumPy generator and are then placed on xp, so a seed gives
+        the same weights on every backend (NumPy and CuPy runs can be compared).
+        """
         xp = get_xp("numpy") if xp is None else xp
-        rng = xp.random.default_rng(seed)
+        rng = get_xp("numpy").random.default_rng(seed)
         params = {}
         for name, shape in config.param_shapes().items():
             if name.endswith("norm.weight"):
@@ -81,8 +86,27 @@ class LlamaForCausalLM:
             elif name.endswith(".bias"):
                 params[name] = xp.zeros(shape, dtype=dtype)
             else:
-                params[name] = (rng.standard_normal(shape) * initializer_range).astype(dtype)
+                params[name] = asarray((rng.standard_normal(shape) * initializer_range).astype(dtype), xp)
         return cls(config, params, seed=seed)
+
+    def to(self, xp_or_name, seed: int | None = None):
+        """Move every array (base, quantized base, active and stored adapters) to another backend.
+
+        `xp_or_name` is an array module or 'numpy' / 'cupy'. The LoRA-dropout generator is
+        re-seeded on the new backend (a NumPy generator's state cannot become a CuPy one).
+        Optimizer moments are created beside the parameters, so an optimizer made after the move
+        lives on the device too. Returns self.
+        """
+        xp = get_xp(xp_or_name) if isinstance(xp_or_name, str) else xp_or_name
+        self.params = {k: asarray(v, xp) for k, v in self.params.items()}
+        self.quantized = {k: qt._replace(q=asarray(qt.q, xp), scales=asarray(qt.scales, xp))
+                          for k, qt in self.quantized.items()}
+        for stored in self.inactive_adapters.values():
+            stored.factors = {k: asarray(v, xp) for k, v in stored.factors.items()}
+        self.xp = xp
+        self.rng = xp.random.default_rng(self.seed if seed is None else seed)
+        self._rope = {}
+        return self
 
     @property
     def dtype(self):

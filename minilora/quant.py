@@ -118,11 +118,17 @@ def _expand(qt: QuantizedTensor, per_group):
 
 
 def dequantize(qt: QuantizedTensor, dtype="float32"):
-    """q * scale as an (out, in) array of dtype; the product is exact in float64, then cast once."""
+    """q * scale as an (out, in) array of dtype, rounded once.
+
+    Computed in float32 for a float32 result: q (8 bits) times a float32 scale is one correctly
+    rounded IEEE product, bit-identical to the exact float64 product cast to float32, at half the
+    memory traffic (this runs on every forward of a quantized base). Wider dtypes use float64.
+    """
     q = codes(qt)
     xp = array_module(q)
-    scale = _expand(qt, qt.scales.astype(xp.float64))               # (out, in)
-    return (q.astype(xp.float64) * scale).astype(dtype)
+    ct = xp.float32 if xp.dtype(dtype) == xp.float32 else xp.float64
+    scale = _expand(qt, qt.scales.astype(ct, copy=False))             # (out, in)
+    return (q.astype(ct) * scale).astype(dtype, copy=False)
 
 
 def error_bound(qt: QuantizedTensor):

@@ -92,3 +92,21 @@ def test_short_training_run_matches_numpy(xp):
         losses.append(res.losses)
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     assert losses[0][-1] < losses[0][0]
+
+
+def test_model_to_moves_everything_and_init_is_backend_independent(xp):
+    host = LlamaForCausalLM.init(CFG, seed=5)
+    dev = LlamaForCausalLM.init(CFG, seed=5, xp=xp)
+    for k, v in host.params.items():
+        assert np.array_equal(to_numpy(dev.params[k]), v)
+    host.quantize_base(8)
+    add_lora(host, LoraConfig(r=2))
+    ids = np.random.default_rng(0).integers(0, CFG.vocab_size, (1, 5))
+    ref = host.forward(ids)
+    host.to(xp)
+    assert host.xp is xp
+    assert all(type(v) is type(host.params["lm_head.weight"]) for v in host.params.values())
+    assert all(type(qt.q) is type(host.params["lm_head.weight"]) for qt in host.quantized.values())
+    np.testing.assert_allclose(to_numpy(host.forward(asarray(ids, xp))), ref, rtol=1e-5, atol=1e-6)
+    host.to("numpy")
+    assert np.array_equal(host.forward(ids), ref)

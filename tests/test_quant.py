@@ -161,3 +161,17 @@ def test_merge_shape_mismatch_raises():
     qt = quantize(np.ones((3, 4), np.float32), 8)
     with pytest.raises(MiniLoraError):
         merge_into_quantized(qt, np.ones((1, 5), np.float32), np.ones((3, 1), np.float32), 1.0)
+
+
+def test_float32_dequantize_is_bitwise_the_exact_product_rounded_once():
+    import numpy as np
+
+    from minilora.quant import codes, dequantize, quantize
+
+    w = np.random.default_rng(0).standard_normal((33, 70)).astype(np.float32)
+    for bits, group in ((8, None), (4, 16)):
+        qt = quantize(w, bits, group)
+        exact = dequantize(qt, "float64").astype(np.float32)
+        assert np.array_equal(dequantize(qt, "float32"), exact)
+        assert np.array_equal(exact, (codes(qt).astype(np.float64) * np.repeat(
+            qt.scales.astype(np.float64), group or 70, axis=1)[:, :70]).astype(np.float32))

@@ -376,6 +376,7 @@ CLI_CASES = [
      r"--checkpoint-every must be >= 0, got -1"),
     ("minilora", ["train", "--config", "{cfg_ok}", "--run", "r1", "--resume", "{tmp}/nope"],
      r"--resume .*nope: no such checkpoint folder"),
+    ("minilora", ["merge", "base", "adapter", "--", "--"], r"argument OUT_DIR: expected one argument"),
     ("param-calc", ["--model", "llama-3.1-70b", "--rank", "0"], r"must be a positive integer, got 0"),
     ("param-calc", ["--model", "no-such-model"], r"no-such-model"),
     ("param-calc", ["--finlora-config", "{cfg_pc_bad_bits}"], r"quant_bits"),
