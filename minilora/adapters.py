@@ -200,13 +200,7 @@ def merge_lora(model):
         raise MiniLoraError("the model has no adapter to merge")
     if not model.adapter_enabled:
         raise MiniLoraStateError("adapters are disabled; enable them before merging (enable_adapters)")
-    new = {}
-    for m, lm in model.lora.items():
-        w = model.weight(m + ".weight")
-        new[m + ".weight"] = lora_merge(w, model.params[m + ".lora_A.weight"],
-                                        model.params[m + ".lora_B.weight"], lm.scale)
-    _check_finite(model.xp, new, "merge")
-    report = _store_weights(model, new)
+    report = _fold(model, lora_merge, "merge")
     model.merged = True
     return report
 
@@ -216,15 +210,19 @@ def unmerge_lora(model):
     if not model.merged:
         warnings.warn("adapters are not merged; unmerge did nothing", stacklevel=2)
         return {}
-    new = {}
-    for m, lm in model.lora.items():
-        w = model.weight(m + ".weight")
-        new[m + ".weight"] = lora_unmerge(w, model.params[m + ".lora_A.weight"],
-                                          model.params[m + ".lora_B.weight"], lm.scale)
-    _check_finite(model.xp, new, "unmerge")
-    report = _store_weights(model, new)
+    report = _fold(model, lora_unmerge, "unmerge")
     model.merged = False
     return report
+
+
+def _fold(model, fn, what: str) -> dict:
+    """fn(W, A, B, s) for every adapted weight; all checked finite before any is written."""
+    new = {}
+    for m, lm in model.lora.items():
+        new[m + ".weight"] = fn(model.weight(m + ".weight"), model.params[m + ".lora_A.weight"],
+                                model.params[m + ".lora_B.weight"], lm.scale)
+    _check_finite(model.xp, new, what)
+    return _store_weights(model, new)
 
 
 def _store_weights(model, new: dict) -> dict:
