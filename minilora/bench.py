@@ -1,11 +1,12 @@
 """The benchmark: minilora against PyTorch, LoRA against full fine-tuning, in one run.
 
-    minilora bench --json bench.json                    # the full run (a few minutes on 2 cores)
+    minilora bench --json bench.json                    # the full run (~80 s on an idle 2-core machine)
     python -m minilora.bench --json bench.json          # the same
     minilora bench --preset tiny --json smoke.json      # seconds: the test suite's smoke run
 
-Every timing is a median over repeats after warm-up runs; the things compared are timed in
-interleaved rounds (a, b, a, b, ...) so that load from other processes hits both sides alike.
+Every timed thing is warmed up, then the things compared run in interleaved rounds (a, b, a, b,
+...) so that load from other processes hits both sides alike; each ratio is the median over the
+rounds of a_i / b_i (the plain medians are recorded too). One BLAS thread by default (--threads).
 The JSON holds ``ratios`` (the headline numbers), ``timings`` (the raw seconds), ``flops``,
 ``configs`` and ``environment``. A ratio that could not be measured is null and ``notes`` says
 why (e.g. PyTorch is not installed). What each ratio means and how the FLOPs are counted:
@@ -41,9 +42,9 @@ PRESETS = {
                        num_attention_heads=4, num_key_value_heads=2), 8, 128),
         "medium": (dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
                         num_attention_heads=8, num_key_value_heads=4), 4, 256),
-        "matmul_n": 2048, "new_tokens": 128, "prompt_len": 16, "latency_batch": 2,
+        "matmul_n": 2048, "new_tokens": 128, "prompt_len": 64, "latency_batch": 2,
         "torch_attention": {"small": ("sdpa", "eager"), "medium": ("sdpa",)},
-        "warmup": 1, "repeats": {"small": 5, "medium": 3, "latency": 25, "generation": 3, "startup": 10},
+        "warmup": 1, "repeats": {"small": 4, "medium": 3, "latency": 20, "generation": 3, "startup": 10},
     },
     "tiny": {
         "small": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -260,7 +261,7 @@ def peak_rss_kib() -> int:
     return kib // 1024 if sys.platform == "darwin" else kib                  # macOS reports bytes
 
 
-def peak_memory(spec, batch, seq, mode) -> dict:
+def peak_memory(spec, batch, seq, mode, threads: int = 1) -> dict:
     """Peak memory (KiB) of a fresh process that imports minilora, builds the model, takes 2 steps.
 
     peak_rss_kib is the process's RSS high-water mark (VmHWM); traced_* are tracemalloc's counts
@@ -268,7 +269,8 @@ def peak_memory(spec, batch, seq, mode) -> dict:
     """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = _MEMPROBE.format(root=root, spec=spec, mode=mode, batch=batch, seq=seq)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise MiniLoraError(f"memory probe ({mode}) failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -373,9 +375,25 @@ def _torch_available():
     return True
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def environment(threads) -> dict:
     env = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-           "processor": platform.processor(), "cpu_count": os.cpu_count(), "blas_threads": threads}
+           "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
+           "blas_threads": blas_threads()}
+    try:
+        env["blas"] = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except Exception:            # the layout of numpy's build information varies by version
+        env["blas"] = None
     try:
         import torch
 
@@ -385,18 +403,23 @@ def environment(threads) -> dict:
     return env
 
 
-def run_bench(preset: str = "full", use_torch: bool = True, threads: int | None = None,
-              log=print) -> dict:
+def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, log=print) -> dict:
     """Run every section of `preset` ('full' or 'tiny'); returns the JSON-ready result dict.
 
     Each ratio is the median over interleaved rounds of the per-round ratio (a_i / b_i), which
     load from other processes disturbs less than a ratio of two medians (both are in timings).
+    threads: BLAS threads, PyTorch's threads and the memory probes' threads (default 1: single
+    threaded ratios are the reproducible ones on a shared machine).
     """
     if preset not in PRESETS:
         raise MiniLoraError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     P = PRESETS[preset]
     t_start = time.perf_counter()
-    threads = blas_threads(threads) if threads else blas_threads()
+    if threads < 1:
+        raise MiniLoraError(f"threads must be >= 1, got {threads}")
+    got = blas_threads(threads)
+    if got is not None and got != threads:
+        raise MiniLoraError(f"could not set the BLAS to {threads} threads (it uses {got})")
     torch_ok = use_torch and _torch_available()
     ratios = dict.fromkeys(RATIO_KEYS)
     notes, timings, flops, sections = {}, {}, {}, {}
@@ -418,7 +441,7 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int | None 
         medium = size == "medium"
         attn = P["torch_attention"][size] if torch_ok else ()
         cfg, out = section(f"train step {size}", bench_train, spec, batch, seq, w, reps[size], attn,
-                           threads or 1, with_full=medium, matmul_n=P["matmul_n"] if medium else None)
+                           threads, with_full=medium, matmul_n=P["matmul_n"] if medium else None)
         timings[f"train_{size}"] = out
         if attn:                                   # PyTorch's faster attention kind is the reference
             ratios[f"train_step_vs_torch_{size}"] = min(out["paired"][f"torch_{a}/minilora_lora"] for a in attn)
@@ -436,7 +459,7 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int | None 
 
     spec, batch, seq = P["medium"]
     timings["profile_medium_lora"] = section("profile", profile_step, spec, batch, seq)
-    mem = section("peak memory", lambda: {m: peak_memory(spec, batch, seq, m) for m in ("lora", "full")})
+    mem = section("peak memory", lambda: {m: peak_memory(spec, batch, seq, m, threads) for m in ("lora", "full")})
     timings["peak_memory"] = mem
     ratios["lora_vs_full_peak_mem"] = mem["lora"]["peak_rss_kib"] / mem["full"]["peak_rss_kib"]
     mem["traced_peak_ratio"] = mem["lora"]["traced_peak_kib"] / mem["full"]["traced_peak_kib"]

@@ -13,6 +13,7 @@ Bad input prints one line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import MiniLoraError
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     d.add_argument("--quick", action="store_true", help="fewer rows and ranks: a smoke run")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--workers", type=int, default=None,
+                   help="fine-tunes run in parallel, one process each (default: the number of cores, at most 5)")
 
     d = sub.add_parser("demo-linear", help="one LoRA layer learns a planted low-rank update")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
@@ -78,8 +81,10 @@ def _command_modules():
 def _demo(args) -> int:
     from .demo import run_demo
 
+    if args.workers is not None and args.workers < 1:
+        raise MiniLoraError(f"--workers must be >= 1, got {args.workers}")
     kw = dict(max_train=480, max_test=90, ranks=(2,)) if args.quick else {}
-    run_demo(out_dir=args.out, progress=not args.no_progress, **kw)
+    run_demo(out_dir=args.out, progress=not args.no_progress, workers=args.workers, **kw)
     return 0
 
 
@@ -113,6 +118,10 @@ COMMANDS = {"demo": _demo, "demo-linear": _demo_linear, "train": _train}
 
 
 def main(argv=None) -> int:
+    # One BLAS thread per process unless the caller chose otherwise: minilora's matrices are small,
+    # where a second OpenBLAS thread mostly spins, and the demo runs one process per core. This must
+    # happen before numpy is first imported (nothing above imports it).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

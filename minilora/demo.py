@@ -24,11 +24,12 @@ from .data import LABELS, ByteTokenizer, encode_example, load_jsonl
 from .errors import MiniLoraError
 from .finlora import FinLoraRun, get_run
 from .io import from_pretrained
+from .model import LlamaForCausalLM
 from .train import TrainConfig, choice_accuracy, fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_NAME = "minilora/tiny-sentiment-base"
-FULL_FT_LR = 3e-4            # full fine-tuning moves every weight: a smaller step than LoRA's
+FULL_FT_LR = 5e-4            # full fine-tuning moves every weight: a smaller step than LoRA's
 
 
 def base_dir() -> str:
@@ -72,18 +73,68 @@ def measured_fit(model, examples, cfg, desc, progress):
     return res, peak
 
 
-def median_time(fn, repeats=7):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+TIMING_REPEATS = 15
+
+
+def interleaved_medians(fns, repeats=TIMING_REPEATS):
+    """Median seconds of each fn, timed in turns (a, b, c, a, b, c, ...) after one warm-up each,
+    so that drift in the machine's speed affects all of them alike."""
+    for fn in fns:
         fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return [float(np.median(ts)) for ts in times]
+
+
+def finetune_job(args) -> dict:
+    """One fine-tune of the demo's table (LoRA of rank `job`, or "full"), evaluated on the test rows.
+
+    A top-level function so that worker processes can run it. Returns the table row, the loss curve,
+    PEFT's trainable line, and (for LoRA) the trained factors.
+    """
+    run, job, examples, test_rows, progress = args
+    tok = ByteTokenizer()
+    if job == "full":
+        m = load_model(run, quant_bits=16)
+        m.set_full_finetuning()
+        res, peak = measured_fit(m, examples, train_config(run, lr=FULL_FT_LR), "full FT", progress)
+        same, name, method = None, "full fine-tuning", "full fine-tuning (float32)"
+    else:
+        m = load_model(run)
+        probe = np.asarray([e[0] for e in examples[:8] if len(e[0]) == len(examples[0][0])])
+        before = m.forward(probe)
+        add_lora(m, LoraConfig(r=job, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
+                               lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora), seed=run.seed)
+        same = bool(np.array_equal(m.forward(probe), before))
+        res, peak = measured_fit(m, examples, train_config(run), f"LoRA r={job}", progress)
+        name, method = f"LoRA r={job}", f"LoRA r={job} ({run.quant_bits}-bit base)"
+    acc = choice_accuracy(m, test_rows, tok, LABELS)
+    s = trainable_summary(m)
+    row = dict(method=method, r=None if job == "full" else job, trainable=s["trainable"], percent=s["percent"],
+               accuracy=acc, seconds=res.seconds, peak_mb=peak / 2**20, zero_at_init=same)
+    factors = {n: m.params[n] for n in m._lora_names()} if job != "full" else None
+    return dict(row=row, name=name, losses=res.losses, trainable_line=format_trainable(m), factors=factors)
+
+
+def run_jobs(jobs, workers: int) -> list:
+    """finetune_job over jobs, in order; with workers > 1 in that many processes."""
+    if workers == 1:
+        return [finetune_job(j) for j in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return list(pool.map(finetune_job, jobs))
 
 
 def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bits_r8", ranks=(1, 2, 4),
-             full=True, progress=True, max_train=None, max_test=None, log=print):
+             full=True, progress=True, max_train=None, max_test=None, workers=None, log=print):
     """Run the whole demo; returns the summary dict (also written to out_dir/summary.json)."""
     t_start = time.perf_counter()
     run = get_run(config_path or default_config_path(), run_name)
@@ -101,43 +152,24 @@ def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bit
     acc_zero = choice_accuracy(base, test_rows, tok, LABELS)
     log(f"zero-shot accuracy of the base: {100 * acc_zero:.1f}% (chance {100 / len(LABELS):.1f}%)")
 
-    probe = np.asarray([examples[i][0] for i in range(4)
-                        if len(examples[i][0]) == len(examples[0][0])] or [examples[0][0]])
-    rows, curves, models = [], {}, {}
-
-    def lora_run(r):
-        m = load_model(run)
-        before = m.forward(probe)
-        cfg = LoraConfig(r=r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
-                         lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora)
-        add_lora(m, cfg, seed=run.seed)
-        same = bool(np.array_equal(m.forward(probe), before))
-        if r == run.lora_r:
-            log(f"LoRA r={r} on {', '.join(run.target_modules)}, {run.quant_bits}-bit base: "
-                f"logits at init equal the base's bit for bit: {same}")
-            log(format_trainable(m))
-        res, peak = measured_fit(m, examples, train_config(run), f"LoRA r={r}", progress)
-        acc = choice_accuracy(m, test_rows, tok, LABELS)
-        s = trainable_summary(m)
-        rows.append(dict(method=f"LoRA r={r} ({run.quant_bits}-bit base)", r=r, trainable=s["trainable"],
-                         percent=s["percent"], accuracy=acc, seconds=res.seconds, peak_mb=peak / 2**20,
-                         zero_at_init=same))
-        curves[f"LoRA r={r}"] = res.losses
-        models[r] = m
-
-    lora_run(run.lora_r)
-    for r in ranks:
-        lora_run(r)
-    if full:
-        m = load_model(run, quant_bits=16)
-        m.set_full_finetuning()
-        res, peak = measured_fit(m, examples, train_config(run, lr=FULL_FT_LR), "full FT", progress)
-        acc = choice_accuracy(m, test_rows, tok, LABELS)
-        s = trainable_summary(m)
-        rows.append(dict(method="full fine-tuning (float32)", r=None, trainable=s["trainable"],
-                         percent=s["percent"], accuracy=acc, seconds=res.seconds, peak_mb=peak / 2**20,
-                         zero_at_init=None))
-        curves["full fine-tuning"] = res.losses
+    jobs = [run.lora_r, *ranks] + (["full"] if full else [])
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    log(f"fine-tuning {len(jobs)} models, {workers} at a time (one process per core, one BLAS thread each)")
+    results = run_jobs([(run, job, examples, test_rows, progress and workers == 1) for job in jobs], workers)
+    rows, curves = [], {}
+    for job, out in zip(jobs, results, strict=True):
+        rows.append(out["row"])
+        curves[out["name"]] = out["losses"]
+        if job == run.lora_r:
+            log(f"LoRA r={job} on {', '.join(run.target_modules)}, {run.quant_bits}-bit base: "
+                f"logits at init equal the base's bit for bit: {out['row']['zero_at_init']}")
+            log(out["trainable_line"])
+            main_factors = out["factors"]
+    m = load_model(run)
+    add_lora(m, LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
+                           lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora), seed=run.seed)
+    m.params.update(main_factors)
+    models = {run.lora_r: m}
 
     log("")
     log(format_table(rows, acc_zero))
@@ -147,18 +179,20 @@ def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bit
     adapter_dir = os.path.join(out_dir, f"adapter_r{run.lora_r}")
     save_adapter(m, adapter_dir, base_model_name_or_path=run.base_model)
     m.dequantize_base()
-    batch = np.asarray([e[0][:48] for e in examples[:32] if len(e[0]) >= 48])
+    batch = np.asarray([e[0][:48] for e in examples[:64] if len(e[0]) >= 48][:32])
+    unmerged_model = LlamaForCausalLM(m.config, dict(m.params), seed=run.seed)   # shares the arrays
+    unmerged_model.lora = m.lora
     unmerged = m.forward(batch)
-    t_unmerged = median_time(lambda: m.forward(batch))
-    merge_lora(m)
+    merge_lora(m)                                 # writes new merged arrays into m.params only
     merged = m.forward(batch)
     merge_err = float(np.max(np.abs(merged - unmerged)))
     rel = merge_err / float(np.max(np.abs(unmerged)))
     base_f = load_model(run, quant_bits=16)
-    t_base, t_merged = median_time(lambda: base_f.forward(batch)), median_time(lambda: m.forward(batch))
+    t_base, t_merged, t_unmerged = interleaved_medians(
+        [lambda: base_f.forward(batch), lambda: m.forward(batch), lambda: unmerged_model.forward(batch)])
     log(f"merged vs unmerged logits: max abs diff {merge_err:.2e} (relative {rel:.1e}, float32)")
     log(f"forward time: merged / base = {t_merged / t_base:.3f}, unmerged / base = {t_unmerged / t_base:.3f} "
-        f"(median of 7, batch {batch.shape})")
+        f"(medians of {TIMING_REPEATS} interleaved runs, batch {batch.shape})")
 
     plot_path = os.path.join(out_dir, "loss_curves.png")
     save_loss_plot(curves, plot_path)

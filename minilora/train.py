@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from .backend import asarray, to_numpy
 from .checkpoint import checkpoint_rng, load_checkpoint, rng_restore, rng_snapshot, save_checkpoint
-from .data.batching import collate, iterate_batches, num_batches, sequence_logprob
+from .data.batching import iterate_batches, num_batches
 from .errors import MiniLoraError
 from .optim import AdamW, clip_grad_norm, cosine_schedule
 
@@ -344,24 +344,4 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def choice_accuracy(model, rows, tokenizer, labels, max_len: int = 128, chunk: int = 96):
-    """Accuracy of picking, per row, the label whose answer tokens the model finds most likely.
-
-    All candidates of all rows are scored in batches of `chunk` sequences (one forward each).
-    """
-    from .data.batching import encode_example
-
-    seqs = [encode_example(r["context"], lab, tokenizer, max_len) for r in rows for lab in labels]
-    scores = []
-    for s in range(0, len(seqs), chunk):
-        ids, lab = collate(seqs[s:s + chunk], tokenizer.pad_token_id)
-        ids, lab = asarray(ids, model.xp), asarray(lab, model.xp)
-        scores.extend(float(x) for x in sequence_logprob(model.forward(ids), lab))
-    k = len(labels)
-    hits = 0
-    for i, r in enumerate(rows):
-        row_scores = scores[i * k:(i + 1) * k]
-        hits += labels[max(range(k), key=row_scores.__getitem__)] == r["target"]
-    return hits / len(rows)
-
-
+from .evaluate import choice_accuracy  # noqa: E402,F401  (re-exported: it used to live here)

@@ -5,7 +5,7 @@ Examples:
     minilora bench --json bench.json                # the full run: a few minutes on 2 cores
     minilora bench --preset tiny --json smoke.json  # a smoke run in seconds
     minilora bench --no-torch                       # skip PyTorch even if it is installed
-    OPENBLAS_NUM_THREADS=1 minilora bench --json bench.json    # one BLAS thread (torch follows)
+    minilora bench --threads 2 --json bench2.json   # two BLAS threads (PyTorch gets two as well)
     python -m minilora.bench --json bench.json      # the same as `minilora bench`
 
 The ratios are explained in docs/performance.md. PyTorch is optional: without it the two
@@ -23,14 +23,15 @@ def add_arguments(p):
     p.add_argument("--json", metavar="FILE", default=None, help="write the results to this JSON file")
     p.add_argument("--preset", choices=("full", "tiny"), default="full",
                    help="full: the issue's small and medium configs (default); tiny: a smoke run")
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads (PyTorch gets the same); default: what the BLAS already uses")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads; PyTorch gets the same (default 1: the reproducible setting on a "
+                   "shared machine, where multi-threaded BLAS timings swing by several times)")
     p.add_argument("--no-torch", action="store_true", help="do not run the PyTorch comparison")
     p.add_argument("--quiet", action="store_true", help="print only the ratios table")
 
 
 def run(args) -> int:
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         raise MiniLoraError(f"--threads must be >= 1, got {args.threads}")
     from ..atomic import write_json
     from ..bench import format_ratios, run_bench
