@@ -110,3 +110,46 @@ def test_model_to_moves_everything_and_init_is_backend_independent(xp):
     np.testing.assert_allclose(to_numpy(host.forward(asarray(ids, xp))), ref, rtol=1e-5, atol=1e-6)
     host.to("numpy")
     assert np.array_equal(host.forward(ids), ref)
+
+
+def _layer_cases(xp, rng):
+    """(name, forward f(*inputs) -> out, backward(dout, cache) -> grads, inputs that get gradients)."""
+    from minilora.layers.attention import attention_backward, attention_forward
+    from minilora.layers.mlp import swiglu_backward, swiglu_forward
+    from minilora.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
+    from minilora.layers.rope import rope_backward, rope_forward, rope_tables
+
+    def r(*s):
+        return asarray(rng.standard_normal(s), xp)
+
+    cos, sin = rope_tables(5, 4, 10000.0, xp, "float64")
+    return [
+        ("rmsnorm", lambda x, w: rmsnorm_forward(x, w, 1e-5), rmsnorm_backward, [r(2, 5, 6), r(6)]),
+        ("rope", lambda x: rope_forward(x, cos, sin), lambda d, c: (rope_backward(d, c),), [r(2, 3, 5, 4)]),
+        ("attention", attention_forward, attention_backward, [r(1, 4, 5, 4), r(1, 2, 5, 4), r(1, 2, 5, 4)]),
+        ("swiglu", swiglu_forward, swiglu_backward, [r(2, 5, 6), r(2, 5, 6)]),
+    ]
+
+
+def test_every_layer_gradient_on_backend(xp):
+    from minilora.layers.embedding import embedding_backward, embedding_forward
+    from minilora.layers.loss import cross_entropy_backward, cross_entropy_forward
+
+    rng = np.random.default_rng(3)
+    for name, fwd, bwd, inputs in _layer_cases(xp, rng):
+        out, cache = fwd(*inputs)
+        dout = asarray(rng.standard_normal(out.shape), xp)
+        grads = bwd(dout, cache)
+        for arr, g in zip(inputs, grads, strict=False):
+            assert type(g) is type(arr), name
+            assert check_gradient(lambda: fwd(*inputs)[0], arr, g, dout) < 1e-6, name  # noqa: B023
+    w = asarray(rng.standard_normal((7, 3)), xp)
+    ids = asarray(np.array([[1, 1, 6, 0]]), xp)
+    out, cache = embedding_forward(ids, w)
+    dout = asarray(rng.standard_normal(out.shape), xp)
+    assert check_gradient(lambda: embedding_forward(ids, w)[0], w, embedding_backward(dout, cache), dout) < 1e-6
+    z = asarray(rng.standard_normal((6, 5)), xp)
+    t = asarray(np.array([0, 4, -100, 2, 2, 1]), xp)
+    loss, cache = cross_entropy_forward(z, t)
+    one = asarray(np.ones(()), xp)
+    assert check_gradient(lambda: cross_entropy_forward(z, t)[0], z, cross_entropy_backward(cache), one) < 1e-6
