@@ -36,6 +36,7 @@ HOST = {
     "demo_linear.py": "a CLI-level driver",
     "bench.py": "the benchmark harness",
     "bench_torch.py": "the PyTorch reference for the benchmark",
+    "bench_tools.py": "the benchmark's timers and machine description",
     "analysis/report.py": "writes tables and plots from host copies",
     "analysis/plots.py": "matplotlib needs host arrays",
     "analysis/adapter_files.py": "reads adapter files",
