@@ -33,14 +33,19 @@ def gpt2_block_linears(cfg) -> dict:
     }
 
 
-def gpt2_linear_modules(cfg) -> dict:
-    """Every Conv1D / linear module, lm_head included: {full name: (in, out)}."""
+def gpt_linear_modules(cfg, block_linears) -> dict:
+    """Every module of a GPT-style stack (transformer.h.<i>.<rel>), lm_head included: {name: (in, out)}."""
     out = {}
     for layer in range(_get(cfg, "n_layer")):
-        for rel, (fin, fout, _) in gpt2_block_linears(cfg).items():
+        for rel, (fin, fout, _) in block_linears(cfg).items():
             out[f"transformer.h.{layer}.{rel}"] = (fin, fout)
     out["lm_head"] = (_get(cfg, "n_embd"), _get(cfg, "vocab_size"))
     return out
+
+
+def gpt2_linear_modules(cfg) -> dict:
+    """Every Conv1D / linear module, lm_head included: {full name: (in, out)}."""
+    return gpt_linear_modules(cfg, gpt2_block_linears)
 
 
 def gpt2_param_shapes(cfg) -> dict:

@@ -12,6 +12,7 @@ attention is four separate square modules (``attn.q_proj``, ``attn.k_proj``, ``a
 """
 from __future__ import annotations
 
+from param_calc.gpt2 import gpt_linear_modules
 from param_calc.shapes import _get
 
 GPT3_175B = {
@@ -36,12 +37,7 @@ def gpt3_block_linears(cfg) -> dict:
 
 def gpt3_linear_modules(cfg) -> dict:
     """Every linear module, lm_head included: {full name: (in, out)}."""
-    out = {}
-    for layer in range(_get(cfg, "n_layer")):
-        for rel, (fin, fout, _) in gpt3_block_linears(cfg).items():
-            out[f"transformer.h.{layer}.{rel}"] = (fin, fout)
-    out["lm_head"] = (_get(cfg, "n_embd"), _get(cfg, "vocab_size"))
-    return out
+    return gpt_linear_modules(cfg, gpt3_block_linears)
 
 
 def gpt3_param_shapes(cfg) -> dict:
