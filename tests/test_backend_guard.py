@@ -37,6 +37,7 @@ HOST = {
     "bench.py": "the benchmark harness",
     "bench_torch.py": "the PyTorch reference for the benchmark",
     "bench_tools.py": "the benchmark's timers and machine description",
+    "bench_models.py": "the benchmark's host-built batches and configs",
     "analysis/report.py": "writes tables and plots from host copies",
     "analysis/plots.py": "matplotlib needs host arrays",
     "analysis/adapter_files.py": "reads adapter files",
