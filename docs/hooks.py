@@ -128,7 +128,7 @@ def cli_markdown(program: str) -> str:
     """The --help of `program` and of each of its subcommands, as markdown."""
     with _columns(HELP_COLUMNS):
         if program == "minilora":
-            from minilora.cli import build_parser
+            from minilora.cli.main import build_parser
 
             top = build_parser()
             parts = [_help_block("minilora --help", top, "###")]

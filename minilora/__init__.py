@@ -4,9 +4,9 @@ The public API is imported lazily, so `import minilora` (and the CLI's start) st
     minilora.from_pretrained(dir), minilora.save_pretrained(model, dir),
     minilora.LlamaConfig, minilora.LlamaForCausalLM, minilora.LoraConfig, minilora.add_lora,
     minilora.merge_lora, minilora.unmerge_lora, minilora.save_adapter, minilora.load_adapter,
-    minilora.MiniLoraError. Generation: minilora.generate.generate(model, input_ids, max_new_tokens).
+    minilora.MiniLoraError. Generation: minilora.inference.generate.generate(model, input_ids, max_new_tokens).
 """
-from .errors import MiniLoraError
+from minilora.errors import MiniLoraError
 
 _LAZY = {
     "from_pretrained": "io", "save_pretrained": "io",

@@ -11,7 +11,7 @@ two tiny gradients do not divide by zero). Used by the tests and the notebooks.
 """
 from __future__ import annotations
 
-from .backend import array_module
+from minilora.backend import array_module
 
 
 def numerical_gradient(f, x, dout, h: float = 1e-6):

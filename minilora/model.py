@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backend import array_module, asarray, get_xp
-from .config import LlamaConfig
-from .errors import MiniLoraError, MiniLoraStateError
-from .layers.attention import attention_backward, attention_forward
-from .layers.embedding import embedding_backward, embedding_forward
-from .layers.linear import linear_backward, linear_forward
-from .layers.lora import lora_backward, lora_forward
-from .layers.loss import cross_entropy_forward, cross_entropy_fused
-from .layers.mlp import swiglu_backward, swiglu_forward
-from .layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
-from .layers.rope import rope_backward, rope_forward, rope_tables
+from minilora.backend import array_module, asarray, get_xp
+from minilora.config import LlamaConfig
+from minilora.errors import MiniLoraError, MiniLoraStateError
+from minilora.layers.attention import attention_backward, attention_forward
+from minilora.layers.embedding import embedding_backward, embedding_forward
+from minilora.layers.linear import linear_backward, linear_forward
+from minilora.layers.lora import lora_backward, lora_forward
+from minilora.layers.loss import cross_entropy_forward, cross_entropy_fused
+from minilora.layers.mlp import swiglu_backward, swiglu_forward
+from minilora.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from minilora.layers.rope import rope_backward, rope_forward, rope_tables
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -118,7 +118,7 @@ class LlamaForCausalLM:
     def weight(self, name: str):
         """A base weight as an array of the model's dtype (dequantized if stored quantized)."""
         if name in self.quantized:
-            from .quant import dequantize
+            from minilora.quant import dequantize
 
             return dequantize(self.quantized[name], dtype=self.dtype)
         return self.params[name]
@@ -296,7 +296,7 @@ class LlamaForCausalLM:
         """
         if bits == 16:
             return
-        from .quant import quantize
+        from minilora.quant import quantize
 
         if self.merged:
             raise MiniLoraStateError("quantize before merging, not after")

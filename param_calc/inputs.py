@@ -1,21 +1,20 @@
 """The three ways to name a model: a preset, a Hugging Face config.json, a FinLoRA run.
 
 FinLoRA's finetune_configs.json maps run names to settings (base_model, lora_r, lora_alpha,
-quant_bits, peft_use_dora, learning_rate, ...). FinLoRA's finetune.py fills in lora_r 8,
-lora_alpha 16 when a run leaves them out, always targets q_proj, v_proj, k_proj, and accepts
-only quant_bits 8 or 4; this loader also accepts 16 (no quantization). --targets overrides.
+quant_bits, peft_use_dora, learning_rate, ...). Runs are read by minilora's one parser
+(minilora.runs.finlora): lora_r 8 and lora_alpha 16 when a run leaves them out (as FinLoRA's
+finetune.py does), target_modules q_proj, k_proj, v_proj unless the run sets them, quant_bits
+8, 4 or 16 (no quantization). --targets overrides.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from param_calc.architectures import Architecture, build_architecture
 from param_calc.errors import ParamCalcError
 from param_calc.presets import preset_config, preset_hf_id, resolve_preset
-
-FINLORA_DEFAULTS = {"lora_r": 8, "lora_alpha": 16}
-FINLORA_TARGETS = ("q_proj", "v_proj", "k_proj")     # finetune.py's template; runs cannot change it
 
 
 @dataclass
@@ -61,47 +60,49 @@ def from_config_json(path: str) -> Source:
 
 
 def from_finlora(path: str, run: str | None) -> Source:
-    """One run of a FinLoRA finetune_configs.json; run may be omitted when the file has one."""
-    runs = _read_json(path, "FinLoRA config")
-    if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict) for v in runs.values()):
-        raise ParamCalcError(f"{path}: expected a JSON object of runs, each an object with base_model, lora_r, ...")
-    if run is None:
-        if len(runs) != 1:
-            names = list(runs)
-            more = f", ... ({len(names)} runs)" if len(names) > 8 else ""
-            raise ParamCalcError(f"{path} has several runs; choose one with --run: {', '.join(names[:8])}{more}")
-        run = next(iter(runs))
-    if run not in runs:
-        raise ParamCalcError(f"run {run!r} not found in {path}; runs: {', '.join(list(runs)[:8])}"
-                             + (" ..." if len(runs) > 8 else ""))
-    rc = runs[run]
-    where = f"{path} run {run!r}"
-    if "base_model" not in rc:
-        raise ParamCalcError(f"{where}: missing field 'base_model'")
-    if not isinstance(rc["base_model"], str):
-        raise ParamCalcError(f"{where}: field 'base_model' must be a model id string")
+    """One run of a FinLoRA finetune_configs.json; run may be omitted when the file has one.
+
+    The run is read by minilora's one FinLoRA parser (minilora.runs.finlora, training keys not
+    required), so its target_modules apply here as they do in `minilora train`. Its base_model is
+    a preset's Hugging Face id, or a name or folder minilora's registry knows (its config.json).
+    """
+    from minilora.errors import MiniLoraError
+    from minilora.runs.finlora import get_run, run_names
+    from minilora.runs.registry import resolve_base
+
     try:
-        key = resolve_preset(rc["base_model"])
-    except ParamCalcError:
-        raise ParamCalcError(f"{where}: field 'base_model': no preset for {rc['base_model']!r} "
-                             "(see --list-models, or pass its config.json with --config)") from None
-    rank = rc.get("lora_r", FINLORA_DEFAULTS["lora_r"])
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise ParamCalcError(f"{where}: field 'lora_r' must be a positive integer, got {rank!r}")
-    alpha = rc.get("lora_alpha", FINLORA_DEFAULTS["lora_alpha"])
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ParamCalcError(f"{where}: field 'lora_alpha' must be a positive number, got {alpha!r}")
-    if "quant_bits" not in rc:
-        raise ParamCalcError(f"{where}: missing field 'quant_bits' (8 or 4)")
-    bits = rc["quant_bits"]
-    if bits not in (16, 8, 4) or isinstance(bits, bool):
-        raise ParamCalcError(f"{where}: field 'quant_bits' must be 8 or 4 (or 16), got {bits!r}")
-    targets = list(FINLORA_TARGETS)
-    dora = rc.get("peft_use_dora", False)
-    if not isinstance(dora, bool):
-        raise ParamCalcError(f"{where}: field 'peft_use_dora' must be true or false, got {dora!r}")
-    info = {"name": run, "base_model": rc["base_model"], "lora_r": rank, "lora_alpha": alpha, "quant_bits": bits}
-    if dora:
+        if run is None:
+            names = run_names(path)
+            if len(names) != 1:
+                more = f", ... ({len(names)} runs)" if len(names) > 8 else ""
+                raise ParamCalcError(f"{path} has several runs; choose one with --run: {', '.join(names[:8])}{more}")
+            run = names[0]
+        rc = get_run(path, run, training=False)
+    except MiniLoraError as e:
+        raise ParamCalcError(str(e)) from None
+    where = f"{path} run {run!r}"
+    arch, hf_id = _finlora_base(rc.base_model, where, resolve_base)
+    info = {"name": run, "base_model": rc.base_model, "lora_r": rc.lora_r, "lora_alpha": rc.lora_alpha,
+            "quant_bits": rc.quant_bits}
+    if rc.peft_use_dora:
         info["peft_use_dora"] = True
-    return Source(build_architecture(preset_config(key), key), hf_id=preset_hf_id(key), rank=rank,
-                  alpha=alpha, quant_bits=bits, targets=targets, dora=dora, run=info)
+    targets = rc.target_modules if isinstance(rc.target_modules, str) else list(rc.target_modules)
+    return Source(arch, hf_id=hf_id, rank=rc.lora_r, alpha=rc.lora_alpha, quant_bits=rc.quant_bits,
+                  targets=targets, dora=rc.peft_use_dora, run=info)
+
+
+def _finlora_base(base_model: str, where: str, resolve_base):
+    """(Architecture, hf_id) of a run's base_model: a preset, else a registered name or folder."""
+    try:
+        key = resolve_preset(base_model)
+        return build_architecture(preset_config(key), key), preset_hf_id(key)
+    except ParamCalcError:
+        pass
+    try:
+        folder = resolve_base(base_model)
+    except Exception:  # noqa: BLE001 - any failure here means "not a known base"
+        folder = None
+    if folder and os.path.isfile(os.path.join(folder, "config.json")):
+        return from_config_json(os.path.join(folder, "config.json")).arch, None
+    raise ParamCalcError(f"{where}: field 'base_model': no preset for {base_model!r} "
+                         "(see --list-models, or pass its config.json with --config)")

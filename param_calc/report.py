@@ -79,8 +79,8 @@ def to_json(count: LoraCount, *, hf_id=None, alpha=None, quant_bits=16, adapter_
     return doc
 
 
-def render(doc: dict, count: LoraCount) -> str:
-    """The readable report for a to_json document."""
+def render(doc: dict, count: LoraCount, memory: bool = True) -> str:
+    """The readable report for a to_json document (memory=False leaves out the memory estimate)."""
     arch = count.arch
     src = f" ({doc['hf_id']})" if doc.get("hf_id") else ""
     lines = [f"{arch.name}{src}, model_type {arch.model_type}", f"  {describe_arch(arch)}"]
@@ -111,7 +111,7 @@ def render(doc: dict, count: LoraCount) -> str:
         "",
     ]
     lines += shortcut_lines(doc, count)
-    lines += memory_lines(doc)
+    lines += memory_lines(doc) if memory else []
     if doc.get("sweep"):
         lines += [""] + sweep_lines(doc["sweep"])
     return "\n".join(lines)

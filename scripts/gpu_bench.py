@@ -13,7 +13,7 @@ from minilora.adapters import LoraConfig, add_lora
 from minilora.backend import asarray, get_xp
 from minilora.config import LlamaConfig
 from minilora.model import LlamaForCausalLM
-from minilora.optim import AdamW
+from minilora.training.optim import AdamW
 
 
 def median(fn, sync, repeats=5):
@@ -47,7 +47,7 @@ def time_backend(name, cfg, host, ids, new_tokens) -> dict:
 
     out = {f"train_step_s_{name}": median(step, sync)}
     try:
-        from minilora.generate import generate
+        from minilora.inference.generate import generate
     except ImportError:
         return out
     prompt = dids[:1, :16]

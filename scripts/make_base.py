@@ -24,7 +24,7 @@ from minilora.config import LlamaConfig  # noqa: E402
 from minilora.data import ByteTokenizer, lm_batches, pretraining_corpus  # noqa: E402
 from minilora.io import save_pretrained  # noqa: E402
 from minilora.model import LlamaForCausalLM  # noqa: E402
-from minilora.optim import AdamW, clip_grad_norm, cosine_schedule  # noqa: E402
+from minilora.training.optim import AdamW, clip_grad_norm, cosine_schedule  # noqa: E402
 
 BASE_DIR = os.path.join(os.path.dirname(__file__), "..", "minilora", "assets", "tiny-sentiment-base")
 CONFIG = dict(vocab_size=259, hidden_size=128, intermediate_size=512, num_hidden_layers=4,

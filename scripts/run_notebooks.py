@@ -11,7 +11,7 @@ outputs and the timings the notebooks compare do not depend on the machine's cor
 failing cell or a failed assert stops that notebook and the script exits 1. Before writing,
 volatile metadata is stripped (execution timestamps, kernel and Python versions), so re-running
 changes only what the code printed or drew and the diffs stay reviewable. Each file is written
-atomically (a temporary name in the same folder, then a rename; minilora.atomic).
+atomically (a temporary name in the same folder, then a rename; minilora.io.atomic).
 tests/test_notebooks.py executes the notebooks through `execute` below.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def write(nb, path) -> None:
     """Validate and write the notebook atomically."""
     import nbformat
 
-    from minilora.atomic import write_text
+    from minilora.io.atomic import write_text
 
     nbformat.validate(nb)
     write_text(path, nbformat.writes(nb) + "\n")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from test_io import IDS, small_model  # tests/ is on sys.path (rootdir conftest)
 
-from minilora.adapter_io import PREFIX, load_adapter, save_adapter
 from minilora.adapters import (
     LoraConfig,
     adapter_names,
@@ -23,10 +22,11 @@ from minilora.adapters import (
     set_adapter,
     unmerge_lora,
 )
+from minilora.adapters.weighted import add_weighted_adapter
 from minilora.cli import main
 from minilora.errors import MiniLoraError
 from minilora.io import from_pretrained, load_safetensors, save_pretrained, save_safetensors
-from minilora.weighted_adapters import add_weighted_adapter
+from minilora.io.peft import PREFIX, load_adapter, save_adapter
 
 
 def randomize_b(model, seed, scale=0.2, name=None):

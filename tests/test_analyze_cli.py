@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from minilora.adapter_io import save_adapter
 from minilora.adapters import LoraConfig, add_lora
 from minilora.analysis import (
     amplification_table,
@@ -21,9 +20,10 @@ from minilora.analysis import (
 )
 from minilora.cli import main
 from minilora.config import LlamaConfig
-from minilora.demo import BASE_NAME, base_dir
 from minilora.io import from_pretrained, save_pretrained, save_safetensors
+from minilora.io.peft import save_adapter
 from minilora.model import LlamaForCausalLM
+from minilora.runs.recipes import BASE_NAME, base_dir
 
 CFG = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from minilora import bench
 from minilora.backend import sum_rows_by_index
+from minilora.bench import harness as bench
 from minilora.cli import main
 from minilora.config import LlamaConfig
 from minilora.gradcheck import check_gradient
@@ -138,7 +138,7 @@ def test_causal_blocks_equal_one_block(tq, tk, block, monkeypatch):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_torch_reference_matches_minilora(attn):
     torch = pytest.importorskip("torch")
-    from minilora.bench_torch import TorchTrainer
+    from minilora.bench.torch_ref import TorchTrainer
 
     cfg = bench.make_config(bench.PRESETS["tiny"]["small"][0])
     model = bench.make_model(cfg, "lora")

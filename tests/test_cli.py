@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from minilora.cli import main
-from minilora.demo_linear import run_linear_demo
+from minilora.runs.demo_linear import run_linear_demo
 
 
 def test_linear_demo_claims():

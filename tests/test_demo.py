@@ -5,11 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from minilora.adapter_io import load_adapter
 from minilora.data import generate_sentiment, load_jsonl
-from minilora.demo import ROOT, base_dir, default_config_path, run_demo, train_run
-from minilora.finlora import load_runs
 from minilora.io import from_pretrained
+from minilora.io.peft import load_adapter
+from minilora.runs.demo import run_demo
+from minilora.runs.finlora import load_runs
+from minilora.runs.recipes import ROOT, base_dir, default_config_path, train_run
 
 
 def test_demo_small_subset_end_to_end(tmp_path):

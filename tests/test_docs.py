@@ -157,7 +157,7 @@ def check_pytest_row(rid, minilora_cell, command):
 
 
 def check_minilora_row(rid, command):
-    from minilora.cli import build_parser
+    from minilora.cli.main import build_parser
 
     argv = shlex.split(command)[1:]
     args = build_parser().parse_args(argv)            # raises on an unknown subcommand or flag
@@ -230,7 +230,7 @@ def test_every_module_has_one_place_in_the_api_reference():
 
 def test_cli_reference_lists_every_subcommand():
     hooks = load_hooks()
-    from minilora.cli import build_parser
+    from minilora.cli.main import build_parser
 
     text = hooks.cli_markdown("minilora")
     names = list(hooks._subparsers(build_parser()))

@@ -5,7 +5,7 @@ import pytest
 from minilora.config import LlamaConfig
 from minilora.data import LABELS, ByteTokenizer, collate, encode_example, sequence_logprob
 from minilora.errors import MiniLoraError
-from minilora.evaluate import choice_accuracy, choice_scores
+from minilora.inference.evaluate import choice_accuracy, choice_scores
 from minilora.model import LlamaForCausalLM
 
 ROWS = [{"context": f"Sentiment?\nAcme {w} {i}", "target": LABELS[i % 3]}

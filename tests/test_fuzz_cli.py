@@ -35,10 +35,10 @@ def _stub(*a, **kw):
     raise WouldRun
 
 
-SANDBOX = [("minilora.demo", "run_demo"), ("minilora.demo", "fit"), ("minilora.train", "fit"),
-           ("minilora.demo_linear", "run_linear_demo"), ("minilora.bench", "run_bench"),
+SANDBOX = [("minilora.runs.demo", "run_demo"), ("minilora.runs.demo", "fit"), ("minilora.training.loop", "fit"),
+           ("minilora.runs.demo_linear", "run_linear_demo"), ("minilora.bench", "run_bench"),
            ("minilora.analysis", "intrinsic_rank_lab"), ("minilora.analysis", "precision_lab"),
-           ("minilora.analysis.compare", "compare_ranks"), ("minilora.generate", "generate"),
+           ("minilora.analysis.compare", "compare_ranks"), ("minilora.inference.generate", "generate"),
            ("minilora.model", "LlamaForCausalLM.forward"), ("minilora.model", "LlamaForCausalLM.hidden_states"),
            ("minilora.model", "LlamaForCausalLM.loss_and_grads")]
 
@@ -100,11 +100,11 @@ def world(tmp_path_factory):
     with <tmp>/work as the working directory."""
     import shutil
 
-    from minilora.adapter_io import save_adapter
     from minilora.adapters import LoraConfig, add_lora
     from minilora.config import LlamaConfig
     from minilora.data import write_jsonl
     from minilora.io import save_pretrained
+    from minilora.io.peft import save_adapter
     from minilora.model import LlamaForCausalLM
 
     top = tmp_path_factory.mktemp("fuzz")
@@ -238,7 +238,7 @@ def test_fuzz_param_calc(world):
 
 
 def test_fuzz_minilora(world):
-    from minilora.cli import build_parser, main
+    from minilora.cli.main import build_parser, main
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -386,8 +386,8 @@ def test_fuzz_safetensors_loader(world, tmp_path_factory):
 
 def test_fuzz_config_json(world, tmp_path_factory):
     """A mutated config.json either fails with MiniLoraError or yields a config whose model builds and runs."""
-    from minilora.hf_config import config_from_hf
     from minilora.io import read_json
+    from minilora.io.hf_config import config_from_hf
     from minilora.model import LlamaForCausalLM
 
     good = json.loads(open(world["config"]).read())
@@ -414,8 +414,8 @@ def test_fuzz_adapter_config_json(world, tmp_path_factory):
     and a failed load leaves the model without an adapter."""
     import shutil
 
-    from minilora.adapter_io import load_adapter
     from minilora.io import from_pretrained
+    from minilora.io.peft import load_adapter
 
     good = json.loads(open(os.path.join(world["adapter"], "adapter_config.json")).read())
     weights = open(os.path.join(world["adapter"], "adapter_model.safetensors"), "rb").read()
@@ -442,8 +442,8 @@ def test_fuzz_finetune_configs_json(world, tmp_path_factory):
     """A mutated FinLoRA config either raises MiniLoraError or gives runs that build a LoraConfig and a
     TrainConfig (what `minilora train` does next) without any other error."""
     from minilora.adapters import LoraConfig
-    from minilora.demo import train_config
-    from minilora.finlora import load_runs
+    from minilora.runs.finlora import load_runs
+    from minilora.runs.recipes import train_config
 
     good = json.loads(open(world["runs"]).read())
     p = str(tmp_path_factory.mktemp("runs") / "finetune_configs.json")
@@ -484,11 +484,11 @@ def test_fuzz_checkpoint_state(world, tmp_path_factory):
     """A mutated state.json of a training checkpoint: resuming either works or raises MiniLoraError."""
     import shutil
 
-    import minilora.train as train_mod
+    import minilora.training.loop as train_mod
     from minilora.adapters import LoraConfig, add_lora
-    from minilora.checkpoint import load_checkpoint
     from minilora.config import LlamaConfig
     from minilora.model import LlamaForCausalLM
+    from minilora.training.checkpoint import load_checkpoint
 
     cfg = LlamaConfig(vocab_size=259, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1)

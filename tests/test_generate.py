@@ -6,13 +6,13 @@ import pytest
 from test_adapter_io import randomize_b  # tests/ is on sys.path (rootdir conftest)
 from test_io import small_model
 
-from minilora.adapter_io import save_adapter
 from minilora.adapters import LoraConfig, adapters_disabled, add_lora, merge_lora
 from minilora.cli import main
-from minilora.demo import base_dir
 from minilora.errors import MiniLoraError
-from minilora.generate import KVCache, filter_logits, forward_cached, generate, sample_next
+from minilora.inference.generate import KVCache, filter_logits, forward_cached, generate, sample_next
 from minilora.io import from_pretrained, save_pretrained
+from minilora.io.peft import save_adapter
+from minilora.runs.recipes import base_dir
 
 
 def lora_model(dtype="float64", seed=0):

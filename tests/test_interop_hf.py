@@ -27,11 +27,11 @@ peft = pytest.importorskip("peft")
 
 from transformers.models.llama import modeling_llama  # noqa: E402
 
-from minilora.adapter_io import load_adapter, save_adapter  # noqa: E402
 from minilora.adapters import LoraConfig, add_lora, set_adapter  # noqa: E402
+from minilora.adapters.weighted import add_weighted_adapter  # noqa: E402
 from minilora.cli import main  # noqa: E402
 from minilora.io import from_pretrained, load_safetensors, save_pretrained  # noqa: E402
-from minilora.weighted_adapters import add_weighted_adapter  # noqa: E402
+from minilora.io.peft import load_adapter, save_adapter  # noqa: E402
 
 LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 32}

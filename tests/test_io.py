@@ -10,7 +10,6 @@ import pytest
 
 from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError
-from minilora.hf_config import config_from_hf
 from minilora.io import (
     bf16_bits,
     bf16_to_float32,
@@ -20,6 +19,7 @@ from minilora.io import (
     save_pretrained,
     save_safetensors,
 )
+from minilora.io.hf_config import config_from_hf
 from minilora.model import LlamaForCausalLM
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

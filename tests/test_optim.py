@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from minilora.optim import AdamW, clip_grad_norm, cosine_schedule
+from minilora.training.optim import AdamW, clip_grad_norm, cosine_schedule
 
 
 def test_adamw_first_two_steps_by_hand():

@@ -71,6 +71,22 @@ def test_finlora_run(capsys):
     assert dora["dora"] is True
 
 
+def test_finlora_runs_of_the_project_count_like_the_model(capsys):
+    """The project's own run file: the shipped base resolves by name, and a run's target_modules
+    apply (one FinLoRA parser for param-calc and `minilora train`); counts equal the model's."""
+    from minilora.adapters import LoraConfig, add_lora, lora_param_count
+    from minilora.io import from_pretrained
+    from minilora.runs.registry import base_dir, default_config_path
+
+    for run_name, targets in (("sentiment_tiny_8bits_r8", ["q_proj", "k_proj", "v_proj"]),
+                              ("sentiment_tiny_16bits_r8_all_linear", "all-linear")):
+        doc = run_json(["--finlora-config", default_config_path(), "--run", run_name], capsys)
+        model = from_pretrained(base_dir())
+        add_lora(model, LoraConfig(r=8, target_modules=targets))
+        assert doc["lora_params"] == lora_param_count(model), run_name
+        assert doc["run"]["quant_bits"] in (8, 16)
+
+
 def test_rank_overrides_finlora_rank(capsys):
     doc = run_json(["--finlora-config", FINLORA, "--run", "sentiment_llama_3_1_8b_8bits_r8", "--rank", "4"], capsys)
     assert doc["lora_params"] == 4_718_592 // 2
@@ -148,9 +164,9 @@ BAD = [
     (["--config", os.path.join(DATA, "missing_field_config.json")], "'intermediate_size'"),
     (["--config", FINLORA], "missing field 'model_type'"),
     (["--finlora-config", FINLORA], "choose one with --run"),
-    (["--finlora-config", FINLORA, "--run", "nope"], "run 'nope' not found"),
+    (["--finlora-config", FINLORA, "--run", "nope"], "no run named 'nope'"),
     (["--finlora-config", FINLORA, "--run", "broken_unknown_base"], "'base_model'"),
-    (["--finlora-config", FINLORA, "--run", "broken_quant_bits"], "'quant_bits'"),
+    (["--finlora-config", FINLORA, "--run", "broken_quant_bits"], "quant_bits must be 4, 8 or 16"),
     (["--run", "x", "--model", "gpt2"], "--run needs --finlora-config"),
     (["--model", "gpt2", "--bogus"], "unrecognized arguments"),
     (["explain", "--topic", "nope"], "--topic"),

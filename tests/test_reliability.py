@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minilora.adapter_io import load_adapter, save_adapter
 from minilora.adapters import LoraConfig, add_lora, delete_adapter, merge_lora, remove_lora, set_adapter, unmerge_lora
-from minilora.atomic import atomic_dir, atomic_path, write_json
-from minilora.checkpoint import load_checkpoint
 from minilora.config import LlamaConfig
 from minilora.data import ByteTokenizer, collate, iterate_batches, load_jsonl
 from minilora.errors import MiniLoraError
-from minilora.finlora import get_run, load_runs
 from minilora.io import from_pretrained, load_safetensors, save_pretrained, save_safetensors
+from minilora.io.atomic import atomic_dir, atomic_path, write_json
+from minilora.io.peft import load_adapter, save_adapter
 from minilora.model import LlamaForCausalLM
-from minilora.train import TrainConfig, fit
+from minilora.runs.finlora import get_run, load_runs
+from minilora.training.checkpoint import load_checkpoint
+from minilora.training.loop import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -211,8 +211,8 @@ CASES = [
      r"model\.norm\.weight .*\(3,\).*\(16,\)"),
     ("model folder missing", lambda t: from_pretrained(t / "nope"), r"nope"),
     # FinLoRA configs
-    ("finlora missing keys", lambda t: load_runs(finlora(t, without(RUN, "lora_r", "quant_bits"))),
-     r"run 'r1': missing key\(s\) lora_r, quant_bits"),
+    ("finlora missing keys", lambda t: load_runs(finlora(t, without(RUN, "dataset_path", "quant_bits"))),
+     r"run 'r1': missing key\(s\) quant_bits, dataset_path"),
     ("finlora quant_bits 3", lambda t: load_runs(finlora(t, {**RUN, "quant_bits": 3})),
      r"run 'r1': quant_bits must be 4, 8 or 16, got 3"),
     ("finlora quant_bits 32", lambda t: load_runs(finlora(t, {**RUN, "quant_bits": 32})), r"quant_bits .* got 32"),
@@ -445,7 +445,7 @@ def test_safetensors_writer_crash_keeps_the_old_adapter(tmp_path, monkeypatch):
 
 
 def test_checkpoint_writer_crash_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import minilora.checkpoint as ck
+    import minilora.training.checkpoint as ck
 
     d = checkpoint_dir(tmp_path)
     before = load_checkpoint(d)
@@ -467,7 +467,7 @@ def test_plot_writer_crash_keeps_the_old_png(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from minilora.demo import save_loss_plot
+    from minilora.runs.demo import save_loss_plot
 
     p = tmp_path / "loss.png"
     save_loss_plot({"a": [3.0, 2.0, 1.0]}, str(p))
@@ -487,7 +487,7 @@ def test_a_killed_process_leaves_the_old_file(tmp_path):
     """A real crash: a child process is killed (os._exit) half-way through an atomic write."""
     p = tmp_path / "data.json"
     p.write_text('{"old": 1}\n')
-    code = ("import os, sys\nfrom minilora.atomic import atomic_path\n"
+    code = ("import os, sys\nfrom minilora.io.atomic import atomic_path\n"
             f"with atomic_path({str(p)!r}) as tmp:\n"
             "    f = open(tmp, 'w'); f.write('{\"new\": '); f.flush()\n"
             "    os._exit(9)\n")

@@ -8,7 +8,7 @@ from minilora.config import LlamaConfig
 from minilora.data import ByteTokenizer, encode_example
 from minilora.errors import MiniLoraError
 from minilora.model import LlamaForCausalLM
-from minilora.train import TrainConfig, fit, total_steps
+from minilora.training.loop import TrainConfig, fit, total_steps
 
 CFG = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
@@ -34,7 +34,7 @@ def test_lora_training_lowers_loss_and_moves_only_lora():
 
 def test_accumulation_averages_micro_batch_gradients(monkeypatch):
     """One optimizer step with accumulation 2 sees the mean of the two micro-batch gradients."""
-    import minilora.train as train_mod
+    import minilora.training.loop as train_mod
 
     seen = []
     real_step = train_mod.AdamW.step

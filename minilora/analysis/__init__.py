@@ -1,11 +1,17 @@
 """Analysis of LoRA updates (Hu et al., 2021, section 7): spectra, subspaces, amplification, labs."""
-from .adapter_files import AdapterFactors, read_adapter_factors
-from .amplification import amplification, amplification_table
-from .labs import intrinsic_rank_lab, mse_backward, mse_forward, precision_lab
-from .plots import save_intrinsic_rank_lab, save_phi_heatmaps, save_precision_lab, save_spectra
-from .report import analyze_adapter, phi_section, summary_markdown, write_report
-from .spectra import delta_singular_values, energy_rank, entropy_effective_rank, lowrank_svd, module_spectra
-from .subspace import (
+from minilora.analysis.adapter_files import AdapterFactors, read_adapter_factors
+from minilora.analysis.amplification import amplification, amplification_table
+from minilora.analysis.labs import intrinsic_rank_lab, mse_backward, mse_forward, precision_lab
+from minilora.analysis.plots import save_intrinsic_rank_lab, save_phi_heatmaps, save_precision_lab, save_spectra
+from minilora.analysis.report import analyze_adapter, phi_section, summary_markdown, write_report
+from minilora.analysis.spectra import (
+    delta_singular_values,
+    energy_rank,
+    entropy_effective_rank,
+    lowrank_svd,
+    module_spectra,
+)
+from minilora.analysis.subspace import (
     delta_basis,
     phi,
     phi_from_bases,

@@ -15,12 +15,12 @@ import os
 import re
 from typing import NamedTuple
 
-from ..adapter_io import PREFIX, read_adapter_config
-from ..adapters import _pattern_value
-from ..backend import array_module
-from ..errors import MiniLoraError
-from ..io import load_safetensors, read_json
-from ..layers.lora import lora_scaling
+from minilora.adapters import pattern_value
+from minilora.backend import array_module
+from minilora.errors import MiniLoraError
+from minilora.io import load_safetensors, read_json
+from minilora.io.peft import PREFIX, read_adapter_config
+from minilora.layers.lora import lora_scaling
 
 _FACTOR = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight")
 
@@ -109,6 +109,6 @@ def read_adapter_factors(folder) -> AdapterFactors:
             if not bool(xp.all(xp.isfinite(t))):
                 raise MiniLoraError(f"{folder}: {k} holds non-finite values")
         r = int(a.shape[0])
-        alpha = _pattern_value(module, config.alpha_pattern, config.lora_alpha)
+        alpha = pattern_value(module, config.alpha_pattern, config.lora_alpha)
         modules[module] = (a, b, lora_scaling(r, alpha, config.use_rslora))
     return AdapterFactors(folder, config, raw.get("base_model_name_or_path"), modules, ignored)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 
-from ..backend import array_module
-from ..errors import MiniLoraError
-from .spectra import lowrank_svd
+from minilora.analysis.spectra import lowrank_svd
+from minilora.backend import array_module
+from minilora.errors import MiniLoraError
 
 
 def _random_basis(rng, d, r, xp):

@@ -15,18 +15,18 @@ import time
 import warnings
 from dataclasses import replace
 
-from ..adapter_io import save_adapter
-from ..adapters import LoraConfig, add_lora
-from ..atomic import write_json, write_text
-from ..backend import to_numpy
-from ..data import ByteTokenizer, encode_example, load_jsonl
-from ..io import from_pretrained, load_weights
-from ..train import fit
-from .adapter_files import read_adapter_factors
-from .amplification import amplification_table
-from .plots import save_phi_heatmaps, save_spectra
-from .report import PHI_KINDS, phi_section, save_grids, short_name, short_rows
-from .spectra import module_spectra
+from minilora.adapters import LoraConfig, add_lora
+from minilora.analysis.adapter_files import read_adapter_factors
+from minilora.analysis.amplification import amplification_table
+from minilora.analysis.plots import save_phi_heatmaps, save_spectra
+from minilora.analysis.report import PHI_KINDS, phi_section, save_grids, short_name, short_rows
+from minilora.analysis.spectra import module_spectra
+from minilora.backend import to_numpy
+from minilora.data import ByteTokenizer, encode_example, load_jsonl
+from minilora.io import from_pretrained, load_weights
+from minilora.io.atomic import write_json, write_text
+from minilora.io.peft import save_adapter
+from minilora.training.loop import fit
 
 
 def _mean(xs) -> float:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_xp
-from ..layers.lora import init_lora_weights, lora_backward, lora_delta, lora_forward, lora_merge, lora_unmerge
-from ..optim import AdamW, cosine_schedule
-from ..quant import dequantize, merge_into_quantized, quantize
-from .spectra import energy_rank, entropy_effective_rank, lowrank_svd
-from .subspace import phi_from_bases
+from minilora.analysis.spectra import energy_rank, entropy_effective_rank, lowrank_svd
+from minilora.analysis.subspace import phi_from_bases
+from minilora.backend import get_xp
+from minilora.layers.lora import init_lora_weights, lora_backward, lora_delta, lora_forward, lora_merge, lora_unmerge
+from minilora.quant import dequantize, merge_into_quantized, quantize
+from minilora.training.optim import AdamW, cosine_schedule
 
 
 def mse_forward(h, y):

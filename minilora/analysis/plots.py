@@ -1,7 +1,7 @@
 """Plots for the analysis: spectra, phi heatmaps, the intrinsic-rank lab and the precision lab.
 
 Each save_* function draws on its own matplotlib Figure with the Agg canvas (no pyplot, so no
-global figure state and no display needed), writes the PNG atomically (minilora.atomic: a
+global figure state and no display needed), writes the PNG atomically (minilora.io.atomic: a
 temporary file in the same folder, then os.replace) and returns the path. matplotlib is imported
 inside the functions: it is needed only when plotting. Inputs are the plain tables the analysis functions return.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from ..atomic import atomic_path
-from ..backend import to_numpy
+from minilora.backend import to_numpy
+from minilora.io.atomic import atomic_path
 
 
 def _figure(n: int, width: float = 4.6, height: float = 3.6, ncols: int | None = None,
@@ -32,7 +32,7 @@ def _figure(n: int, width: float = 4.6, height: float = 3.6, ncols: int | None =
 
 
 def _save(fig, path) -> str:
-    """Write fig as PNG to path atomically (minilora.atomic.atomic_path); returns the path."""
+    """Write fig as PNG to path atomically (minilora.io.atomic.atomic_path); returns the path."""
     path = os.fspath(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

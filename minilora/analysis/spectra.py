@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-from ..backend import array_module, to_numpy
-from ..errors import MiniLoraError
+from minilora.backend import array_module, to_numpy
+from minilora.errors import MiniLoraError
 
 
 def lowrank_svd(a, b, scale):

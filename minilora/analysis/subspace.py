@@ -17,9 +17,9 @@ the sum of M^2 over its top-left i x j block, a two-dimensional cumulative sum.
 """
 from __future__ import annotations
 
-from ..backend import array_module, to_numpy
-from ..errors import MiniLoraError
-from .spectra import lowrank_svd
+from minilora.analysis.spectra import lowrank_svd
+from minilora.backend import array_module, to_numpy
+from minilora.errors import MiniLoraError
 
 
 def right_singular_basis(a):

@@ -1,5 +1,5 @@
 """Data: the byte tokenizer, the financial-sentiment data set, JSONL, batching and label-choice evaluation."""
-from .batching import (
+from minilora.data.batching import (
     IGNORE_INDEX,
     accuracy,
     classify,
@@ -12,8 +12,8 @@ from .batching import (
     permutation,
     sequence_logprob,
 )
-from .jsonl import load_jsonl, write_jsonl
-from .sentiment import (
+from minilora.data.jsonl import load_jsonl, write_jsonl
+from minilora.data.sentiment import (
     INSTRUCTION,
     LABELS,
     format_answer,
@@ -22,7 +22,7 @@ from .sentiment import (
     make_context,
     pretraining_corpus,
 )
-from .tokenizer import ByteTokenizer
+from minilora.data.tokenizer import ByteTokenizer
 
 __all__ = ["IGNORE_INDEX", "accuracy", "classify", "collate", "encode_example", "iterate_batches",
            "label_choice_batches", "lm_batches", "num_batches", "permutation", "sequence_logprob",

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import array_module, to_numpy
-from ..errors import MiniLoraError
-from .sentiment import LABELS, format_answer, format_prompt
-from .tokenizer import PAD_ID
+from minilora.backend import array_module, to_numpy
+from minilora.data.sentiment import LABELS, format_answer, format_prompt
+from minilora.data.tokenizer import PAD_ID
+from minilora.errors import MiniLoraError
 
 IGNORE_INDEX = -100
 

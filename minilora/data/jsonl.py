@@ -1,6 +1,6 @@
 """FinLoRA-style JSON lines: one {"context": str, "target": str, ...} object per line.
 
-write_jsonl validates every row before writing and writes atomically (minilora.atomic), so a
+write_jsonl validates every row before writing and writes atomically (minilora.io.atomic), so a
 crash leaves the old file or the new one. load_jsonl names the path and line of the first bad row.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 
-from ..atomic import write_text
-from ..errors import MiniLoraError
+from minilora.errors import MiniLoraError
+from minilora.io.atomic import write_text
 
 
 def _check_row(row, where: str):

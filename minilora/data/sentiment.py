@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MiniLoraError
+from minilora.errors import MiniLoraError
 
 NEG, NEU, POS = "negative", "neutral", "positive"
 LABELS = (NEG, NEU, POS)

@@ -12,7 +12,7 @@ stand in for it later. Every text round-trips: decode(encode(s)) == s.
 """
 from __future__ import annotations
 
-from ..errors import MiniLoraError
+from minilora.errors import MiniLoraError
 
 BOS_ID = 256
 EOS_ID = 257

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import array_module, sum_rows_by_index
-from ..errors import MiniLoraError
+from minilora.backend import array_module, sum_rows_by_index
+from minilora.errors import MiniLoraError
 
 
 class EmbeddingCache(NamedTuple):

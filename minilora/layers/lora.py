@@ -20,9 +20,9 @@ import math
 import warnings
 from typing import NamedTuple
 
-from ..backend import array_module, compute_dtype
-from ..errors import MiniLoraStateError
-from .linear import _mm2d, linear_backward, linear_forward
+from minilora.backend import array_module, compute_dtype
+from minilora.errors import MiniLoraStateError
+from minilora.layers.linear import _mm2d, linear_backward, linear_forward
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool = False) -> float:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import array_module
-from ..errors import MiniLoraError
+from minilora.backend import array_module
+from minilora.errors import MiniLoraError
 
 
 class CrossEntropyCache(NamedTuple):

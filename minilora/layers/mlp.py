@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..backend import array_module
+from minilora.backend import array_module
 
 
 def sigmoid(x, xp):

@@ -25,8 +25,8 @@ import math
 import numbers
 from typing import NamedTuple
 
-from ..backend import array_module
-from ..errors import MiniLoraError
+from minilora.backend import array_module
+from minilora.errors import MiniLoraError
 
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
