@@ -145,8 +145,8 @@ def build_explain_parser() -> argparse.ArgumentParser:
 
 def _emit(text: str, path: str | None) -> None:
     if path:
-        from param_calc.atomic import write_text_atomic
-        write_text_atomic(path, text if text.endswith("\n") else text + "\n")
+        from minilora.io.atomic import write_text
+        write_text(path, text if text.endswith("\n") else text + "\n")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 

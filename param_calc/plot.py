@@ -29,7 +29,7 @@ def plot_sweep(rows: list, title: str, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ParamCalcError("--plot needs matplotlib (pip install matplotlib)") from None
-    from param_calc.atomic import atomic_path
+    from minilora.io.atomic import atomic_path
 
     ranks = [r["rank"] for r in rows]
     params = [r["lora_params"] for r in rows]

@@ -40,7 +40,6 @@ HOST = {
     "bench/models.py": "the benchmark's host-built batches and configs",
     "analysis/report.py": "writes tables and plots from host copies",
     "analysis/plots.py": "matplotlib needs host arrays",
-    "analysis/adapter_files.py": "reads adapter files",
 }
 
 

@@ -1,5 +1,4 @@
 """Analysis of LoRA updates (Hu et al., 2021, section 7): spectra, subspaces, amplification, labs."""
-from minilora.analysis.adapter_files import AdapterFactors, read_adapter_factors
 from minilora.analysis.amplification import amplification, amplification_table
 from minilora.analysis.labs import intrinsic_rank_lab, mse_backward, mse_forward, precision_lab
 from minilora.analysis.plots import save_intrinsic_rank_lab, save_phi_heatmaps, save_precision_lab, save_spectra
@@ -20,6 +19,7 @@ from minilora.analysis.subspace import (
     phi_grid_modules,
     right_singular_basis,
 )
+from minilora.io.peft import AdapterFactors, read_adapter_factors
 
 __all__ = [
     "AdapterFactors", "read_adapter_factors",

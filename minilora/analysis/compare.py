@@ -16,7 +16,6 @@ import warnings
 from dataclasses import replace
 
 from minilora.adapters import LoraConfig, add_lora
-from minilora.analysis.adapter_files import read_adapter_factors
 from minilora.analysis.amplification import amplification_table
 from minilora.analysis.plots import save_phi_heatmaps, save_spectra
 from minilora.analysis.report import PHI_KINDS, phi_section, save_grids, short_name, short_rows
@@ -25,7 +24,7 @@ from minilora.backend import to_numpy
 from minilora.data import ByteTokenizer, encode_example, load_jsonl
 from minilora.io import from_pretrained, load_weights
 from minilora.io.atomic import write_json, write_text
-from minilora.io.peft import save_adapter
+from minilora.io.peft import read_adapter_factors, save_adapter
 from minilora.training.loop import fit
 
 

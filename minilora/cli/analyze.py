@@ -84,8 +84,8 @@ def _base_weights(adapter, base):
 
 
 def _adapter(args) -> int:
-    from minilora.analysis.adapter_files import read_adapter_factors
     from minilora.analysis.report import analyze_adapter, write_report
+    from minilora.io.peft import read_adapter_factors
 
     adapter = read_adapter_factors(args.adapter)
     other = read_adapter_factors(args.vs) if args.vs else None

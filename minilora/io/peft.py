@@ -7,19 +7,26 @@ here load with ``PeftModel.from_pretrained``; files PEFT wrote load here
 (tests/test_interop_hf.py checks both ways). PEFT features minilora does not compute (DoRA,
 modules_to_save, layers_to_transform, LoRA biases, PiSSA-style inits that change the base) are
 refused with a message naming the field, not ignored.
+
+read_adapter_factors is the one reader of these files: load_adapter (onto a model) and the
+analysis tools (spectra, subspaces) both go through it. An adapter not named "default" is saved by
+PEFT into a subfolder <name>/ of the save folder; the reader says so when pointed at the parent.
 """
 from __future__ import annotations
 
 import os
 import re
+from typing import NamedTuple
 
 import numpy as np
 
-from minilora.adapters import LoraConfig, adapter_names, get_adapter, install_adapter, plan_lora
-from minilora.backend import asarray, to_numpy
+from minilora.adapters import LoraConfig, adapter_names, get_adapter, install_adapter, pattern_value, plan_lora
+from minilora.backend import array_module, asarray, to_numpy
 from minilora.errors import MiniLoraError
-from minilora.io import load_safetensors, read_json, save_safetensors
 from minilora.io.atomic import atomic_dir, write_json
+from minilora.io.hf import load_safetensors, save_safetensors
+from minilora.io.jsonfile import read_json
+from minilora.layers.lora import lora_scaling
 
 PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -101,60 +108,143 @@ def read_adapter_config(folder) -> LoraConfig:
         raise MiniLoraError(f"{path}: {e}") from None
 
 
-def _strip(key: str) -> str:
-    """PEFT key -> minilora name: drop the prefix and an adapter name like '.default'."""
-    name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-    return re.sub(r"\.lora_([AB])\.[^.]+\.weight$", r".lora_\1.weight", name)
-
-
 def load_adapter(model, folder, seed: int = 0, adapter_name: str = "default") -> LoraConfig:
     """Add the adapter stored in a PEFT folder to `model` under adapter_name; returns its LoraConfig.
 
     It becomes the active adapter if none is active (else it is stored; see adapters.set_adapter).
-    Every check runs before anything changes: a missing, unexpected or misshapen key raises
-    MiniLoraError naming the key (and both shapes), and the model is left as it was.
-    `seed` is unused (the factors come from the file); kept for the old signature.
+    read_adapter_factors(folder, model) reads and checks everything first: a missing, unexpected or
+    misshapen key raises MiniLoraError naming the key (and both shapes), and the model is left as
+    it was. `seed` is unused (the factors come from the file); kept for the old signature.
     """
     del seed
     if adapter_name in adapter_names(model):
         raise MiniLoraError(f"the model already has an adapter named {adapter_name!r}; "
                             "pass another adapter_name or delete it first")
+    af = read_adapter_factors(folder, model)
+    lora, _, _ = plan_lora(model, af.config, warn=False)
+    factors = {}
+    for m, (a, b, _) in af.modules.items():
+        factors[m + ".lora_A.weight"] = asarray(a.astype(model.dtype), model.xp)
+        factors[m + ".lora_B.weight"] = asarray(b.astype(model.dtype), model.xp)
+    install_adapter(model, adapter_name, af.config, lora, factors)
+    return af.config
+
+
+# ---- the one reader of adapter files -------------------------------------------------------
+_FACTOR = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight")
+
+
+class AdapterFactors(NamedTuple):
+    path: str
+    config: object          # minilora.adapters.LoraConfig
+    base_model: str | None  # base_model_name_or_path from adapter_config.json
+    modules: dict           # {module name: (A (r, in), B (out, r), scale)}, in model order
+    ignored: list           # keys that are not LoRA factors of a linear (modules_to_save, ...)
+
+
+def natural_key(name: str):
+    """Sort key that puts layers.2 before layers.10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _config_path(folder: str) -> str:
+    if not os.path.isdir(folder):
+        raise MiniLoraError(f"{folder}: no such adapter folder")
+    path = os.path.join(folder, "adapter_config.json")
+    if os.path.isfile(path):
+        return path
+    subs = sorted(d for d in os.listdir(folder)
+                  if os.path.isfile(os.path.join(folder, d, "adapter_config.json")))
+    if subs:
+        raise MiniLoraError(f"{folder}: no adapter_config.json here; PEFT saved named adapters in "
+                            f"subfolders: {', '.join(subs)} (pass one of them)")
+    raise MiniLoraError(f"{folder}: no adapter_config.json (not a PEFT adapter folder)")
+
+
+def _weights_path(folder: str) -> str:
+    path = os.path.join(folder, "adapter_model.safetensors")
+    if os.path.isfile(path):
+        return path
+    if os.path.isfile(os.path.join(folder, "adapter_model.bin")):
+        raise MiniLoraError(f"{folder}: only adapter_model.bin (a PyTorch pickle) found; minilora "
+                            f"reads safetensors (save with safe_serialization=True)")
+    raise MiniLoraError(f"{folder}: no adapter_model.safetensors")
+
+
+def read_adapter_factors(folder, model=None) -> AdapterFactors:
+    """The factors and scales of every adapted module of a PEFT folder (host arrays as stored).
+
+    The one reader of PEFT adapter files: the analysis tools call it alone; load_adapter passes the
+    model, and then the keys must be exactly the factors of the modules the config's targets match
+    in that model, with the model's shapes.
+
+    Raises MiniLoraError naming the problem for: a missing folder or file, an invalid config or
+    safetensors file, an unsupported PEFT feature (DoRA, ...), factors of several adapters in one
+    file, an A without its B (or the reverse), shapes that do not fit A (r, in) B (out, r) (or the
+    model), non-float or non-finite values.
+    """
+    folder = os.fspath(folder)
+    raw = read_json(_config_path(folder))
     config = read_adapter_config(folder)
-    path = os.path.join(folder, WEIGHTS_FILE)
-    if not os.path.isfile(path) and os.path.isfile(os.path.join(folder, "adapter_model.bin")):
-        raise MiniLoraError(f"{folder}: only adapter_model.bin (a PyTorch pickle); minilora reads "
-                            f"{WEIGHTS_FILE} (save with PEFT's safe_serialization=True)")
-    raw = load_safetensors(path)
-    tensors = {}
-    for key, arr in raw.items():
-        name = _strip(key)
-        if name in tensors:
-            raise MiniLoraError(f"{path}: key {key} repeats {PREFIX + name}")
-        tensors[name] = arr
+    path = _weights_path(folder)
+    tensors = load_safetensors(path)
+    factors, names, ignored = {}, set(), []
+    for key in sorted(tensors):
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        m = _FACTOR.fullmatch(name)
+        if m is None:
+            ignored.append(key)
+            continue
+        if m["name"]:
+            names.add(m["name"])
+        if m["ab"] in factors.get(m["module"], {}):
+            raise MiniLoraError(f"{path}: key {key} repeats {factors[m['module']][m['ab']][0]}")
+        factors.setdefault(m["module"], {})[m["ab"]] = (key, tensors[key])
+    if len(names) > 1:
+        raise MiniLoraError(f"{folder}: the file holds the factors of several adapters "
+                            f"({', '.join(sorted(names))}); read one at a time")
+    if not factors:
+        raise MiniLoraError(f"{folder}: no LoRA factors (keys ending in lora_A.weight / lora_B.weight)")
+    shapes = None if model is None else _model_shapes(model, config, folder, path, factors, ignored)
+    modules = {}
+    for module in sorted(factors, key=natural_key):
+        ab = factors[module]
+        if set(ab) != {"A", "B"}:
+            have = next(iter(ab.values()))[0]
+            raise MiniLoraError(f"{path}: missing key {PREFIX}{module}.lora_{'B' if 'A' in ab else 'A'}.weight "
+                                f"({have} has no partner)")
+        (ka, a), (kb, b) = ab["A"], ab["B"]
+        want = shapes[module] if shapes else None
+        for k, t, w in ((ka, a, want and want[0]), (kb, b, want and want[1])):
+            if w is not None and tuple(t.shape) != w:
+                raise MiniLoraError(f"{path}: {k} has shape {tuple(t.shape)}, this model and adapter_config need {w}")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise MiniLoraError(f"{folder}: {module}: lora_A {tuple(a.shape)} and lora_B "
+                                f"{tuple(b.shape)} do not fit A (r, in), B (out, r)")
+        xp = array_module(a, b)
+        for k, t in ((ka, a), (kb, b)):
+            if t.dtype.kind != "f":
+                raise MiniLoraError(f"{path}: {k} has dtype {t.dtype}; expected floats")
+            if not bool(xp.all(xp.isfinite(t))):
+                raise MiniLoraError(f"{path}: {k} holds non-finite values")
+        r = int(a.shape[0])
+        alpha = pattern_value(module, config.alpha_pattern, config.lora_alpha)
+        modules[module] = (a, b, lora_scaling(r, alpha, config.use_rslora))
+    return AdapterFactors(folder, config, raw.get("base_model_name_or_path"), modules, ignored)
+
+
+def _model_shapes(model, config, folder, path, factors: dict, ignored: list) -> dict:
+    """{module: ((r, in), (out, r))} the model needs; unexpected and missing keys raise here."""
     try:
         lora, dims, _ = plan_lora(model, config, warn=False)
     except MiniLoraError as e:
         raise MiniLoraError(f"{folder}: {e}") from None
-    expected = {}
-    for m, lm in lora.items():
-        fin, fout = dims[m]
-        expected[m + ".lora_A.weight"] = (lm.r, fin)                  # A (r, in)
-        expected[m + ".lora_B.weight"] = (fout, lm.r)                 # B (out, r)
-    missing = [n for n in expected if n not in tensors]
-    if missing:
-        raise MiniLoraError(f"{path}: missing key {PREFIX + missing[0]}"
-                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = sorted(set(tensors) - set(expected))
+    unexpected = ignored + [k for m in factors if m not in lora for k, _ in factors[m].values()]
     if unexpected:
-        raise MiniLoraError(f"{path}: unexpected key {PREFIX + unexpected[0]} (not a LoRA factor of the "
-                            f"modules target_modules={config.target_modules!r} matches in this model)")
-    for name, want in expected.items():
-        have = tuple(tensors[name].shape)
-        if have != want:
-            raise MiniLoraError(f"{path}: {PREFIX + name} has shape {have}, this model and adapter_config "
-                                f"need {want}")
-        if tensors[name].dtype.kind != "f" or not np.all(np.isfinite(tensors[name])):
-            raise MiniLoraError(f"{path}: {PREFIX + name} holds non-finite or non-float values")
-    factors = {n: asarray(tensors[n].astype(model.dtype), model.xp) for n in expected}
-    install_adapter(model, adapter_name, config, lora, factors)
-    return config
+        raise MiniLoraError(f"{path}: unexpected key {sorted(unexpected)[0]} (not a LoRA factor of the modules "
+                            f"target_modules={config.target_modules!r} matches in this model)")
+    missing = [f"{PREFIX}{m}.lora_{ab}.weight" for m in lora for ab in "AB" if ab not in factors.get(m, {})]
+    if missing:
+        raise MiniLoraError(f"{path}: missing key {missing[0]}"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return {m: ((lm.r, dims[m][0]), (dims[m][1], lm.r)) for m, lm in lora.items()}
