@@ -9,12 +9,14 @@ labels[t + 1]) and averages over the labels that are not -100, as transformers d
 Parameters live in ``model.params`` keyed by Hugging Face state-dict names; LoRA factors by PEFT's
 (``model.layers.0.self_attn.q_proj.lora_A.weight``). ``model.trainable`` names the parameters that
 get gradients; every other weight is frozen and its gradient is never computed.
-Named adapters (minilora.adapters): only the active adapter's factors are in ``model.params``;
-the others wait in ``model.inactive_adapters`` and set_adapter swaps them in.
+The LoRA state has one owner, ``model.adapters`` (an AdapterState), changed only through the
+functions of minilora.adapters (add, merge, unmerge, set/disable/delete). Only the active adapter's
+factors are in ``model.params``; the others wait in ``model.adapters.inactive`` and set_adapter
+swaps them in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from minilora.backend import array_module, asarray, get_xp
 from minilora.config import LlamaConfig
@@ -41,6 +43,21 @@ class LoraModule:
     dropout: float
 
 
+@dataclass
+class AdapterState:
+    """The LoRA state of one model; only minilora.adapters' functions change it."""
+    modules: dict = field(default_factory=dict)   # module name -> LoraModule, of the active adapter
+    config: object = None                         # the active adapter's LoraConfig
+    active: str | None = None                     # name of the adapter whose factors are in params
+    inactive: dict = field(default_factory=dict)  # name -> adapters.StoredAdapter (factors outside params)
+    merged: bool = False                          # the active update is folded into the base weights
+    enabled: bool = True                          # False: the adapted model computes the base exactly
+
+    def param_names(self) -> set:
+        """The LoRA parameter names of the active adapter (PEFT's '<module>.lora_A.weight', ...)."""
+        return {f"{m}.lora_{ab}.weight" for m in self.modules for ab in "AB"}
+
+
 def _acc(grads: dict, name: str, g):
     """grads[name] += g, creating the entry on first use (tied weights get both paths)."""
     if name in grads:
@@ -50,19 +67,14 @@ def _acc(grads: dict, name: str, g):
 
 
 class LlamaForCausalLM:
-    """config + a flat dict of parameters + which of them train + the LoRA state."""
+    """config + a flat dict of parameters + which of them train + the LoRA state (``adapters``)."""
 
     def __init__(self, config: LlamaConfig, params: dict, seed: int = 0):
         self.config = config
         self.params = params
         self.xp = array_module(*params.values())
         self.trainable: set = set()          # names that get gradients
-        self.lora: dict = {}                 # module name -> LoraModule (of the active adapter)
-        self.lora_config = None              # LoraConfig of the active adapter
-        self.active_adapter = None           # name of the adapter whose factors are in params
-        self.inactive_adapters: dict = {}    # name -> adapters.StoredAdapter (factors kept outside params)
-        self.merged = False                  # LoRA updates folded into the base weights
-        self.adapter_enabled = True          # False: the adapted model computes the base exactly
+        self.adapters = AdapterState()       # the LoRA state (minilora.adapters changes it)
         self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
         self.seed = seed
         self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
@@ -101,7 +113,7 @@ class LlamaForCausalLM:
         self.params = {k: asarray(v, xp) for k, v in self.params.items()}
         self.quantized = {k: qt._replace(q=asarray(qt.q, xp), scales=asarray(qt.scales, xp))
                           for k, qt in self.quantized.items()}
-        for stored in self.inactive_adapters.values():
+        for stored in self.adapters.inactive.values():
             stored.factors = {k: asarray(v, xp) for k, v in stored.factors.items()}
         self.xp = xp
         self.rng = xp.random.default_rng(self.seed if seed is None else seed)
@@ -138,8 +150,9 @@ class LlamaForCausalLM:
         """x (..., in) -> (..., out) through `module`, with its LoRA path when active."""
         w = self.weight(module + ".weight")
         b = self.params.get(module + ".bias")
-        lm = self.lora.get(module)
-        if lm is not None and not self.merged and self.adapter_enabled:
+        ad = self.adapters
+        lm = ad.modules.get(module)
+        if lm is not None and not ad.merged and ad.enabled:
             p = lm.dropout if train else 0.0
             h, cache = lora_forward(x, w, self.params[module + ".lora_A.weight"],
                                     self.params[module + ".lora_B.weight"], lm.scale, b, p, self.rng)
@@ -166,7 +179,14 @@ class LlamaForCausalLM:
         return dx
 
     # ---- forward and backward -----------------------------------------------------------
-    def _layer_forward(self, x, i: int, cos, sin, train: bool):
+    def layer_forward(self, x, i: int, cos, sin, train: bool = False, kv=None):
+        """Decoder layer i on x (B, T, C) -> (y (B, T, C), cache for layer_backward).
+
+        The one decoder layer: training, evaluation and generation all run it. With kv (an
+        inference.KVCache) the new positions are kv.length .. kv.length+T-1: their keys and values
+        (after RoPE) are written into the cache and the queries attend to every cached position
+        (cos, sin are then the tables of those positions); the caller advances kv.length.
+        """
         c, p = self.config, f"model.layers.{i}."
         b, t, _ = x.shape
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -179,6 +199,11 @@ class LlamaForCausalLM:
         v = v.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
         q, c_rq = rope_forward(q, cos, sin)
         k, c_rk = rope_forward(k, cos, sin)
+        if kv is not None:                           # append to the cache, attend to all of it
+            start, end = kv.length, kv.length + t
+            kv.k[i][:, :, start:end] = k
+            kv.v[i][:, :, start:end] = v
+            k, v = kv.k[i][:, :, :end], kv.v[i][:, :, :end]                          # (B, nkv, end, hd)
         att, c_att = attention_forward(q, k, v)                                      # (B, nh, T, hd)
         att = att.transpose(0, 2, 1, 3).reshape(b, t, nh * hd)                       # (B, T, nh*hd)
         a, c_o = self.proj_forward(att, p + "self_attn.o_proj", train)               # (B, T, C)
@@ -234,7 +259,7 @@ class LlamaForCausalLM:
         cos, sin = self.rope(ids.shape[1])
         caches = []
         for i in range(self.config.num_hidden_layers):
-            x, cache = self._layer_forward(x, i, cos, sin, train)
+            x, cache = self.layer_forward(x, i, cos, sin, train)
             if keep:
                 caches.append(cache)
         h, c_norm = rmsnorm_forward(x, self.params["model.norm.weight"], self.config.rms_norm_eps)
@@ -259,7 +284,7 @@ class LlamaForCausalLM:
         input_ids, labels (B, T) integers; labels are aligned with input_ids (shifted inside)
         and -100 marks positions that do not count. train=True applies LoRA dropout.
         """
-        if self.merged and self.lora and self.trainable & self._lora_names():
+        if self.adapters.merged and self.trainable & self.adapters.param_names():
             raise MiniLoraStateError("cannot train while the adapters are merged; unmerge first")
         xp = self.xp
         labels = xp.asarray(labels)
@@ -285,9 +310,6 @@ class LlamaForCausalLM:
         return loss, grads
 
     # ---- bookkeeping --------------------------------------------------------------------
-    def _lora_names(self) -> set:
-        return {f"{m}.lora_{ab}.weight" for m in self.lora for ab in "AB"}
-
     def quantize_base(self, bits: int, group_size: int | None = None):
         """Store the frozen decoder-layer linear weights quantized (absmax, per row or group).
 
@@ -298,7 +320,7 @@ class LlamaForCausalLM:
             return
         from minilora.quant import quantize
 
-        if self.merged:
+        if self.adapters.merged:
             raise MiniLoraStateError("quantize before merging, not after")
         for name in list(self.params):
             if ".layers." in name and name.endswith("_proj.weight") and name not in self.trainable:

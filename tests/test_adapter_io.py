@@ -32,7 +32,7 @@ from minilora.io.peft import PREFIX, load_adapter, save_adapter
 def randomize_b(model, seed, scale=0.2, name=None):
     """Give B nonzero values (it starts at zero) so the adapter changes the output."""
     rng = np.random.default_rng(seed)
-    factors = model.params if name in (None, model.active_adapter) else model.inactive_adapters[name].factors
+    factors = model.params if name in (None, model.adapters.active) else model.adapters.inactive[name].factors
     for n in sorted(factors):
         if n.endswith("lora_B.weight"):
             factors[n][...] = scale * rng.standard_normal(factors[n].shape)
@@ -71,11 +71,11 @@ def test_round_trip_identical_arrays_and_logits(tmp_path):
     save_adapter(model, tmp_path / "a")
     fresh = small_model()
     config = load_adapter(fresh, tmp_path / "a")
-    assert config.use_rslora and fresh.active_adapter == "default"
-    assert fresh._lora_names() == model._lora_names() and fresh.trainable == model.trainable
-    assert {m: (lm.r, lm.alpha, lm.scale) for m, lm in fresh.lora.items()} == \
-        {m: (lm.r, lm.alpha, lm.scale) for m, lm in model.lora.items()}
-    for n in model._lora_names():
+    assert config.use_rslora and fresh.adapters.active == "default"
+    assert fresh.adapters.param_names() == model.adapters.param_names() and fresh.trainable == model.trainable
+    assert {m: (lm.r, lm.alpha, lm.scale) for m, lm in fresh.adapters.modules.items()} == \
+        {m: (lm.r, lm.alpha, lm.scale) for m, lm in model.adapters.modules.items()}
+    for n in model.adapters.param_names():
         assert np.array_equal(fresh.params[n], model.params[n]), n
     assert np.array_equal(fresh.forward(IDS), model.forward(IDS))
     assert not np.allclose(fresh.forward(IDS), small_model().forward(IDS))     # the adapter does something
@@ -120,7 +120,8 @@ def test_load_errors_name_the_key_and_leave_the_model_unchanged(tmp_path):
     _rewrite(tmp_path / "a", lambda t: t.update({key: np.full((8, 4), np.inf, np.float32)}))
     with pytest.raises(MiniLoraError, match=f"{key} holds non-finite"):
         load_adapter(fresh, tmp_path / "a")
-    assert adapter_names(fresh) == [] and not fresh.lora and not fresh._lora_names() & set(fresh.params)
+    assert adapter_names(fresh) == [] and not fresh.adapters.modules
+    assert not fresh.adapters.param_names() & set(fresh.params)
     assert np.array_equal(fresh.forward(IDS), base)
 
 
@@ -151,11 +152,11 @@ def test_named_adapters_switch_disable_delete(tmp_path):
     model = small_model()
     load_adapter(model, tmp_path / "a", adapter_name="first")
     load_adapter(model, tmp_path / "b", adapter_name="second")          # stored: PEFT does not activate it
-    assert model.active_adapter == "first" and adapter_names(model) == ["first", "second"]
+    assert model.adapters.active == "first" and adapter_names(model) == ["first", "second"]
     assert np.array_equal(model.forward(IDS), a.forward(IDS))
     set_adapter(model, "second")
-    assert model.trainable == b._lora_names() and set(model.inactive_adapters) == {"first"}
-    assert not any(k.startswith("model.layers.0.self_attn.k_proj.lora") for k in a._lora_names())
+    assert model.trainable == b.adapters.param_names() and set(model.adapters.inactive) == {"first"}
+    assert not any(k.startswith("model.layers.0.self_attn.k_proj.lora") for k in a.adapters.param_names())
     assert np.array_equal(model.forward(IDS), b.forward(IDS))
     with adapters_disabled(model):
         assert np.array_equal(model.forward(IDS), base_logits)            # the base, exactly
@@ -180,7 +181,7 @@ def test_named_adapters_switch_disable_delete(tmp_path):
     with pytest.raises(MiniLoraError, match="no adapter named 'third'; the model has"):
         set_adapter(model, "third")
     delete_adapter(model, "first")
-    assert model.active_adapter is None and adapter_names(model) == ["second"]
+    assert model.adapters.active is None and adapter_names(model) == ["second"]
     assert np.allclose(model.forward(IDS), base_logits, rtol=0, atol=1e-5)   # unmerge restored W0 to rounding
     set_adapter(model, "second")
     remove_lora(model)
@@ -206,30 +207,30 @@ def _two_adapters(r_b=2):
 
 def test_weighted_cat_is_exact():
     model = _two_adapters()
-    a, b = (model.inactive_adapters.get(n) or _active(model) for n in ("a", "b"))
+    a, b = (model.adapters.inactive.get(n) or _active(model) for n in ("a", "b"))
     assert add_weighted_adapter(model, ["a", "b"], [0.7, -1.3], "mix", combination_type="cat") == 6
     set_adapter(model, "mix")
-    assert model.lora_config.r == model.lora_config.lora_alpha == 6
-    for m in model.lora:
-        want = np.zeros_like(_delta(model.params, model.lora, m))
+    assert model.adapters.config.r == model.adapters.config.lora_alpha == 6
+    for m in model.adapters.modules:
+        want = np.zeros_like(_delta(model.params, model.adapters.modules, m))
         for w, st in ((0.7, a), (-1.3, b)):
             if m in st.lora:
                 want += w * _delta(st.factors, st.lora, m)
-        assert np.abs(_delta(model.params, model.lora, m) - want).max() < 1e-13, m
-    assert set(model.lora) == set(a.lora) | set(b.lora)
+        assert np.abs(_delta(model.params, model.adapters.modules, m) - want).max() < 1e-13, m
+    assert set(model.adapters.modules) == set(a.lora) | set(b.lora)
 
 
 def _active(model):
     from minilora.adapters import get_adapter
 
-    return get_adapter(model, model.active_adapter)
+    return get_adapter(model, model.adapters.active)
 
 
 def test_weighted_linear_follows_its_formula_and_needs_equal_ranks():
     with pytest.raises(MiniLoraError, match="'linear' needs equal ranks"):
         add_weighted_adapter(_two_adapters(r_b=2), ["a", "b"], [1.0, 1.0], "mix", combination_type="linear")
     model = _two_adapters(r_b=4)
-    a, b = _active(model), model.inactive_adapters["b"]
+    a, b = _active(model), model.adapters.inactive["b"]
     add_weighted_adapter(model, ["a", "b"], [0.5, -2.0], "mix", combination_type="linear")
     set_adapter(model, "mix")
     m = "model.layers.1.self_attn.v_proj"                     # adapted by both
@@ -240,10 +241,11 @@ def test_weighted_linear_follows_its_formula_and_needs_equal_ranks():
     assert np.allclose(model.params[m + ".lora_B.weight"], want_b, rtol=1e-14, atol=0)
     one = _two_adapters(r_b=4)                                # one adapter: an exact rescale
     add_weighted_adapter(one, ["b"], [0.25], "quarter", combination_type="cat")
-    src = one.inactive_adapters["b"]
+    src = one.adapters.inactive["b"]
     set_adapter(one, "quarter")
-    for m in one.lora:
-        assert np.allclose(_delta(one.params, one.lora, m), 0.25 * _delta(src.factors, src.lora, m), rtol=1e-13)
+    for m in one.adapters.modules:
+        want = 0.25 * _delta(src.factors, src.lora, m)
+        assert np.allclose(_delta(one.params, one.adapters.modules, m), want, rtol=1e-13)
     with pytest.raises(MiniLoraError, match="'svd' is not implemented"):
         add_weighted_adapter(one, ["b"], [1.0], "x", combination_type="svd")
 
@@ -257,7 +259,7 @@ def _base_and_adapter(tmp_path, big=None):
     model = adapted()
     randomize_b(model, 5)
     if big is not None:
-        for n in model._lora_names():
+        for n in model.adapters.param_names():
             model.params[n][...] = big if n.endswith("lora_B.weight") else 1.0
     save_adapter(model, tmp_path / "adapter")
     return model

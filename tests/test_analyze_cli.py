@@ -44,7 +44,7 @@ def _adapted(base, cfg, seed):
     m = LlamaForCausalLM(base.config, dict(base.params))
     add_lora(m, cfg, seed=seed)
     rng = np.random.default_rng(seed + 100)
-    for mod in m.lora:
+    for mod in m.adapters.modules:
         b = m.params[mod + ".lora_B.weight"]
         m.params[mod + ".lora_B.weight"] = rng.standard_normal(b.shape).astype(b.dtype)
     return m
@@ -52,7 +52,7 @@ def _adapted(base, cfg, seed):
 
 def _factors(model):
     return {m: (model.params[m + ".lora_A.weight"], model.params[m + ".lora_B.weight"], lm.scale)
-            for m, lm in model.lora.items()}
+            for m, lm in model.adapters.modules.items()}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def _peft_named_layout(files, root):
     (root / "myad" / "adapter_config.json").write_text(json.dumps(cfg))
     (root / "README.md").write_text("peft model card\n")
     save_safetensors(root / "myad" / "adapter_model.safetensors",
-                     {f"base_model.model.{n}": m.params[n] for n in m._lora_names()})
+                     {f"base_model.model.{n}": m.params[n] for n in m.adapters.param_names()})
 
 
 def test_peft_named_adapter_folder(files, tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_adapter_name_inside_keys_is_stripped(files, tmp_path):
     os.makedirs(folder)
     (folder / "adapter_config.json").write_bytes((files["root"] / "a1" / "adapter_config.json").read_bytes())
     tensors = {"base_model.model." + n.replace(".weight", ".default.weight"): m.params[n]
-               for n in m._lora_names()}
+               for n in m.adapters.param_names()}
     save_safetensors(folder / "adapter_model.safetensors", tensors)
     assert _run(folder, "--vs", files["root"] / "a1", "--out", tmp_path / "rep", "--max-plots", "1") == 0
     s = _summary(tmp_path / "rep")
@@ -207,9 +207,9 @@ def _corrupt_cases(files, tmp):
 
     good = (a1 / "adapter_model.safetensors").read_bytes()
     m = files["m1"]
-    half = {f"base_model.model.{n}": m.params[n] for n in m._lora_names() if "lora_A" in n}
+    half = {f"base_model.model.{n}": m.params[n] for n in m.adapters.param_names() if "lora_A" in n}
     save_safetensors(tmp / "half.safetensors", half)
-    nan = {f"base_model.model.{n}": m.params[n].copy() for n in m._lora_names()}
+    nan = {f"base_model.model.{n}": m.params[n].copy() for n in m.adapters.param_names()}
     next(iter(nan.values()))[0, 0] = np.nan
     save_safetensors(tmp / "nan.safetensors", nan)
     pt = copy("pt")
@@ -327,7 +327,7 @@ def test_compare_ranks_smoke(tmp_path, capsys):
         m = LlamaForCausalLM(base.config, dict(base.params))
         add_lora(m, LoraConfig(r=r, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                init_lora_weights="kaiming"), seed=0)
-        init[r] = {mod: m.params[mod + ".lora_A.weight"] for mod in m.lora}
+        init[r] = {mod: m.params[mod + ".lora_A.weight"] for mod in m.adapters.modules}
     for r in rows:
         a2, a4 = init[2][r["module"]], init[4][r["module"]]
         assert r["A_init"]["phi_11"] == pytest.approx(phi(a2, a4, 1, 1), rel=1e-9, abs=1e-12)

@@ -47,7 +47,7 @@ def test_model_loss_and_grads_match_numpy(xp):
     host, dev = model_on(xp)
     for m in (host, dev):
         add_lora(m, LoraConfig(r=2, target_modules="all-linear"), seed=1)
-        for name in m._lora_names():
+        for name in m.adapters.param_names():
             if "lora_B" in name:
                 m.params[name][...] = 0.1
     ids = np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 7))
@@ -66,7 +66,7 @@ def test_merge_and_zero_init_on_backend(xp):
     base = to_numpy(dev.forward(ids))
     add_lora(dev, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
     assert np.array_equal(to_numpy(dev.forward(ids)), base)
-    for name in dev._lora_names():
+    for name in dev.adapters.param_names():
         if "lora_B" in name:
             dev.params[name][...] = 0.05
     unmerged = to_numpy(dev.forward(ids))

@@ -29,7 +29,7 @@ def test_demo_small_subset_end_to_end(tmp_path):
     model = from_pretrained(base_dir())
     load_adapter(model, s["adapter_dir"])
     r8 = next(r for r in s["rows"] if r["r"] == 8)
-    assert r8["trainable"] == sum(model.params[n].size for n in model._lora_names())
+    assert r8["trainable"] == sum(model.params[n].size for n in model.adapters.param_names())
     full = next(r for r in s["rows"] if r["r"] is None)
     assert full["trainable"] == s["base_params"] and r8["percent"] < 2.0
 
@@ -46,9 +46,9 @@ def test_train_command_writes_an_adapter(tmp_path):
     assert acc is None
     again = from_pretrained(base_dir())
     load_adapter(again, str(tmp_path / "out"))
-    for n in model._lora_names():
+    for n in model.adapters.param_names():
         np.testing.assert_array_equal(again.params[n], model.params[n])
-    assert any(np.any(model.params[n]) for n in model._lora_names() if "lora_B" in n)
+    assert any(np.any(model.params[n]) for n in model.adapters.param_names() if "lora_B" in n)
 
 
 def test_shipped_data_equals_its_generator():

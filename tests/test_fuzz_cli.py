@@ -432,7 +432,7 @@ def test_fuzz_adapter_config_json(world, tmp_path_factory):
             _write(d / "adapter_model.safetensors", data.draw(mangled_text(weights)))
         model = from_pretrained(world["base"])
         if expect_ok_or_error(load_adapter, model, str(d)) is None:
-            assert set(model.params) == params and not model.lora and not model.trainable
+            assert set(model.params) == params and not model.adapters.modules and not model.trainable
 
     run()
     assert set(base.params) == params

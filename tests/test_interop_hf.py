@@ -231,7 +231,7 @@ def test_adapter_saved_here_loads_in_peft(tmp_path, hf_float64):
     add_lora(ours, LoraConfig(r=3, lora_alpha=5, target_modules="all-linear", init_lora_weights=True,
                               rank_pattern={"o_proj": 2}), seed=1)
     rng = np.random.default_rng(5)
-    for m in ours.lora:
+    for m in ours.adapters.modules:
         ours.params[m + ".lora_B.weight"][...] = 0.1 * rng.standard_normal(ours.params[m + ".lora_B.weight"].shape)
     save_adapter(ours, tmp_path / "adapter", base_model_name_or_path=str(path))
     pm = peft.PeftModel.from_pretrained(load_hf(path, "float64"), tmp_path / "adapter").eval()
@@ -274,7 +274,7 @@ def test_weighted_adapter_equals_peft(tmp_path, combination_type, hf_float64):
     set_adapter(ours, "mix")
     theirs = {minilora_name(n.replace(".mix.", ".default.")): p.detach().numpy()
               for n, p in pm.named_parameters() if ".mix." in n}
-    assert set(theirs) == ours._lora_names()
+    assert set(theirs) == ours.adapters.param_names()
     # PEFT's "linear" puts its sqrt(|w s|) factors in a float32 tensor (torch.tensor of floats), so
     # its result is rounded to float32 precision; "cat" multiplies in the factors' float64.
     tol = 1e-12 if combination_type == "cat" else 1e-7

@@ -54,7 +54,7 @@ def test_lora_gradients_and_no_frozen_gradient(targets, monkeypatch):
     cfg = tiny_config()
     model = LlamaForCausalLM.init(cfg, seed=2, dtype="float64", initializer_range=0.5)
     add_lora(model, LoraConfig(r=2, lora_alpha=4, target_modules=targets), seed=3)
-    for m in model.lora:                       # B = 0 at init would make dA = 0: move it
+    for m in model.adapters.modules:                       # B = 0 at init would make dA = 0: move it
         model.params[m + ".lora_B.weight"][...] = 0.3 * rng.standard_normal(
             model.params[m + ".lora_B.weight"].shape)
     import minilora.model as model_mod
@@ -64,7 +64,7 @@ def test_lora_gradients_and_no_frozen_gradient(targets, monkeypatch):
     monkeypatch.setattr(model_mod, "linear_backward",
                         lambda d, c, frozen=False: frozen_flags.append(frozen) or real(d, c, frozen))
     ids, labels = batch(cfg, rng)
-    check_all(model, ids, labels, sorted(model._lora_names()))
+    check_all(model, ids, labels, sorted(model.adapters.param_names()))
     assert frozen_flags and all(frozen_flags)  # every base linear ran its frozen backward only
 
 
@@ -76,7 +76,7 @@ def test_adapter_is_exact_zero_at_init_and_merge_equals_unmerged():
     base = model.forward(ids)
     add_lora(model, LoraConfig(r=4, target_modules="all-linear"))
     assert np.array_equal(model.forward(ids), base)
-    for m in model.lora:
+    for m in model.adapters.modules:
         model.params[m + ".lora_B.weight"][...] = 0.05 * rng.standard_normal(
             model.params[m + ".lora_B.weight"].shape)
     unmerged = model.forward(ids)

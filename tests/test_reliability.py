@@ -42,7 +42,7 @@ def model(cfg=CFG):
 def adapted(cfg=CFG, **kw):
     m = model(cfg)
     add_lora(m, LoraConfig(**{"r": 2, "lora_alpha": 4, "target_modules": TARGETS, **kw}))
-    for name in m._lora_names():
+    for name in m.adapters.param_names():
         m.params[name] = m.params[name] + 0.01
     return m
 
@@ -133,7 +133,7 @@ def checkpoint_dir(tmp, corrupt=None):
 
 def nan_merge():
     m = adapted()
-    name = next(iter(sorted(m._lora_names())))
+    name = next(iter(sorted(m.adapters.param_names())))
     m.params[name][0, 0] = np.inf
     return m
 
@@ -341,7 +341,7 @@ def test_failed_merge_leaves_the_weights_unchanged():
     before = {k: v.copy() for k, v in m.params.items()}
     with pytest.raises(MiniLoraError, match="non-finite"):
         merge_lora(m)
-    assert not m.merged
+    assert not m.adapters.merged
     assert all(np.array_equal(before[k], v, equal_nan=True) for k, v in m.params.items())
 
 
@@ -351,7 +351,7 @@ def test_failed_adapter_load_leaves_the_model_unchanged(tmp_path):
     d = edit_adapter_tensors(tmp_path, lambda t: t.pop(PREFIX + "model.layers.1.self_attn.v_proj.lora_B.weight"))
     with pytest.raises(MiniLoraError, match="missing key"):
         load_adapter(m, d)
-    assert set(m.params) == before and not m.lora and not m.trainable
+    assert set(m.params) == before and not m.adapters.modules and not m.trainable
 
 
 def test_merged_state_errors_are_also_runtime_errors():
@@ -433,7 +433,7 @@ def test_safetensors_writer_crash_keeps_the_old_adapter(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.numpy, "save_file", dying)
     m = adapted()
-    for n in m._lora_names():
+    for n in m.adapters.param_names():
         m.params[n] = m.params[n] * 3
     with pytest.raises(OSError, match="killed"):
         save_adapter(m, d)

@@ -243,7 +243,7 @@ def test_mismatched_resume_is_refused(tmp_path, change, match):
     ckpt = tmp_path / "ckpt"
     fit(fresh_model(), EX, TCFG, progress=False, checkpoint_dir=ckpt)
     model, ex, cfg = change()
-    if not model.lora:
+    if not model.adapters.modules:
         add_lora(model, LCFG, seed=5)
     before = {k: v.copy() for k, v in model.params.items()}
     with pytest.raises(MiniLoraError, match=match):

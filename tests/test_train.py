@@ -46,11 +46,11 @@ def test_accumulation_averages_micro_batch_gradients(monkeypatch):
     monkeypatch.setattr(train_mod.AdamW, "step", recording)
     model = LlamaForCausalLM.init(CFG, seed=1, dtype="float64")
     add_lora(model, LoraConfig(r=2, target_modules=["q_proj"]))
-    for m in model.lora:
+    for m in model.adapters.modules:
         model.params[m + ".lora_B.weight"][...] = 0.1
     ex = examples(8)
     ref = LlamaForCausalLM(CFG, {k: v.copy() for k, v in model.params.items()})
-    ref.lora, ref.trainable = model.lora, set(model.trainable)
+    ref.adapters.modules, ref.trainable = model.adapters.modules, set(model.trainable)
     from minilora.data import iterate_batches
 
     grads = [ref.loss_and_grads(*b)[1] for b in iterate_batches(ex, 4, 0, 0)]
@@ -68,7 +68,7 @@ def test_training_refuses_bad_states():
     add_lora(model, LoraConfig(r=2))
     with pytest.raises(MiniLoraError, match="empty"):
         fit(model, [], TrainConfig(), progress=False)
-    for m in model.lora:
+    for m in model.adapters.modules:
         model.params[m + ".lora_B.weight"][...] = 0.1
     merge_lora(model)
     with pytest.raises(MiniLoraError, match="merged"):
@@ -94,13 +94,13 @@ def test_quantized_base_is_close_and_adapter_still_exact_at_init(bits, tol):
     assert 0 < np.max(np.abs(q - ref)) < tol * np.max(np.abs(ref))
     add_lora(model, LoraConfig(r=4, target_modules="all-linear"))
     assert np.array_equal(model.forward(ids), q)
-    for m in model.lora:
+    for m in model.adapters.modules:
         model.params[m + ".lora_B.weight"][...] = 0.01
     unmerged = model.forward(ids)
     report = merge_lora(model)                       # requantizes: an error is introduced and reported
     merged = model.forward(ids)
-    assert set(report) == {m + ".weight" for m in model.lora if m != "lm_head"} | (
-        {"lm_head.weight"} if "lm_head" in model.lora else set())
+    assert set(report) == {m + ".weight" for m in model.adapters.modules if m != "lm_head"} | (
+        {"lm_head.weight"} if "lm_head" in model.adapters.modules else set())
     assert all(v >= 0 for v in report.values())
     assert np.max(np.abs(merged - unmerged)) < tol * np.max(np.abs(unmerged))
 

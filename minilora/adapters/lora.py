@@ -153,8 +153,8 @@ def add_lora(model, config: LoraConfig, seed: int = 0, adapter_name: str = "defa
     With an adapter already active, the new one is stored under adapter_name and stays inactive
     until set_adapter(model, adapter_name); adding a name twice raises.
     """
-    if model.merged:
-        raise MiniLoraError("cannot add adapters while adapters are merged; unmerge first")
+    if model.adapters.merged:
+        raise MiniLoraStateError("cannot add adapters while adapters are merged; unmerge first")
     if adapter_name in adapter_names(model):
         raise MiniLoraError(f"the model already has an adapter named {adapter_name!r}; remove it first "
                             f"(remove_lora / delete_adapter) or choose another adapter_name")
@@ -172,14 +172,14 @@ def add_lora(model, config: LoraConfig, seed: int = 0, adapter_name: str = "defa
 
 def remove_lora(model):
     """Drop every adapter (the active one's factors and the stored ones); refused while merged."""
-    if model.merged:
-        raise MiniLoraError("cannot remove an adapter while it is merged; unmerge first")
-    for m in model.lora:
+    if model.adapters.merged:
+        raise MiniLoraStateError("cannot remove an adapter while it is merged; unmerge first")
+    for m in model.adapters.modules:
         model.params.pop(m + ".lora_A.weight", None)
         model.params.pop(m + ".lora_B.weight", None)
-    model.lora, model.trainable = {}, set()
-    model.lora_config, model.active_adapter, model.inactive_adapters = None, None, {}
-    model.adapter_enabled = True
+    model.adapters.modules, model.trainable = {}, set()
+    model.adapters.config, model.adapters.active, model.adapters.inactive = None, None, {}
+    model.adapters.enabled = True
 
 
 def _check_finite(xp, arrays: dict, what: str):
@@ -194,31 +194,31 @@ def merge_lora(model):
     All merged weights are computed first and checked finite; only then are they written, so a
     failed merge leaves the model unchanged. Merging twice raises.
     """
-    if model.merged:
-        raise MiniLoraError("adapters are already merged; merging again would add the update twice")
-    if not model.lora:
-        raise MiniLoraError("the model has no adapter to merge")
-    if not model.adapter_enabled:
+    if model.adapters.merged:
+        raise MiniLoraStateError("adapters are already merged; merging again would add the update twice")
+    if not model.adapters.modules:
+        raise MiniLoraStateError("the model has no adapter to merge")
+    if not model.adapters.enabled:
         raise MiniLoraStateError("adapters are disabled; enable them before merging (enable_adapters)")
     report = _fold(model, lora_merge, "merge")
-    model.merged = True
+    model.adapters.merged = True
     return report
 
 
 def unmerge_lora(model):
     """Subtract s*B@A again (the inverse of merge_lora). Unmerging an unmerged model warns, no-op."""
-    if not model.merged:
+    if not model.adapters.merged:
         warnings.warn("adapters are not merged; unmerge did nothing", stacklevel=2)
         return {}
     report = _fold(model, lora_unmerge, "unmerge")
-    model.merged = False
+    model.adapters.merged = False
     return report
 
 
 def _fold(model, fn, what: str) -> dict:
     """fn(W, A, B, s) for every adapted weight; all checked finite before any is written."""
     new = {}
-    for m, lm in model.lora.items():
+    for m, lm in model.adapters.modules.items():
         new[m + ".weight"] = fn(model.weight(m + ".weight"), model.params[m + ".lora_A.weight"],
                                 model.params[m + ".lora_B.weight"], lm.scale)
     _check_finite(model.xp, new, what)
@@ -258,6 +258,6 @@ def format_trainable(model) -> str:
 def lora_param_count(model) -> int:
     """Sum of r * (in + out) over the adapted modules."""
     modules = model.config.linear_modules()
-    return sum(lm.r * (modules[m][0] + modules[m][1]) for m, lm in model.lora.items())
+    return sum(lm.r * (modules[m][0] + modules[m][1]) for m, lm in model.adapters.modules.items())
 
 

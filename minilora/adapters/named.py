@@ -2,8 +2,8 @@
 
 The active adapter's factors live in ``model.params`` under PEFT's names (``<module>.lora_A.weight``
 / ``.lora_B.weight``), so the flat dict stays the state dict and the forward/backward need no
-change; ``model.lora`` / ``model.lora_config`` / ``model.active_adapter`` describe it. The others
-wait in ``model.inactive_adapters`` as StoredAdapter (config, per-module settings, factors), and
+change; ``model.adapters.modules`` / ``model.adapters.config`` / ``model.adapters.active`` describe it. The others
+wait in ``model.adapters.inactive`` as StoredAdapter (config, per-module settings, factors), and
 ``set_adapter`` moves factors between the two (no copies). As in PEFT, an adapter added while
 another is active is stored, not activated. ``disable_adapters`` / ``adapters_disabled()`` make
 every adapted linear take its plain path, so the model computes the base exactly. Operations that
@@ -28,7 +28,7 @@ class StoredAdapter:
 
 def adapter_names(model) -> list:
     """Every adapter on the model: the active one first, then the inactive ones in insertion order."""
-    return ([model.active_adapter] if model.active_adapter is not None else []) + list(model.inactive_adapters)
+    return ([model.adapters.active] if model.adapters.active is not None else []) + list(model.adapters.inactive)
 
 
 def install_adapter(model, name: str, config, lora: dict, factors: dict):
@@ -38,77 +38,78 @@ def install_adapter(model, name: str, config, lora: dict, factors: dict):
     if name in adapter_names(model):
         raise MiniLoraError(f"the model already has an adapter named {name!r}; remove it first "
                             f"(delete_adapter / remove_lora) or choose another adapter_name")
-    if model.active_adapter is None:
-        if model.merged:
-            raise MiniLoraError("cannot add adapters while adapters are merged; unmerge first")
+    if model.adapters.active is None:
+        if model.adapters.merged:
+            raise MiniLoraStateError("cannot add adapters while adapters are merged; unmerge first")
         model.params.update(factors)
-        model.lora, model.lora_config, model.active_adapter = lora, config, name
+        model.adapters.modules, model.adapters.config, model.adapters.active = lora, config, name
         model.trainable = set(factors)
     else:
-        model.inactive_adapters[name] = StoredAdapter(config, lora, factors)
+        model.adapters.inactive[name] = StoredAdapter(config, lora, factors)
 
 
 def get_adapter(model, name: str) -> StoredAdapter:
     """A named adapter's config, modules and factors (the active one's factors are model.params' arrays)."""
-    if name == model.active_adapter:
-        return StoredAdapter(model.lora_config, model.lora, {n: model.params[n] for n in model._lora_names()})
-    if name not in model.inactive_adapters:
+    if name == model.adapters.active:
+        ad = model.adapters
+        return StoredAdapter(ad.config, ad.modules, {n: model.params[n] for n in ad.param_names()})
+    if name not in model.adapters.inactive:
         raise MiniLoraError(f"no adapter named {name!r}; the model has {adapter_names(model) or 'none'}")
-    return model.inactive_adapters[name]
+    return model.adapters.inactive[name]
 
 
 def set_adapter(model, name: str):
     """Make adapter `name` the active one: its factors move into params and become trainable."""
-    if name == model.active_adapter:
+    if name == model.adapters.active:
         return
-    if name not in model.inactive_adapters:
+    if name not in model.adapters.inactive:
         raise MiniLoraError(f"no adapter named {name!r}; the model has {adapter_names(model) or 'none'}")
-    if model.merged:
-        raise MiniLoraStateError(f"cannot switch to adapter {name!r} while {model.active_adapter!r} is merged; "
+    if model.adapters.merged:
+        raise MiniLoraStateError(f"cannot switch to adapter {name!r} while {model.adapters.active!r} is merged; "
                             "unmerge first")
-    old_names = model._lora_names()
-    if model.active_adapter is not None:
-        model.inactive_adapters[model.active_adapter] = StoredAdapter(
-            model.lora_config, model.lora, {n: model.params.pop(n) for n in sorted(old_names)})
-    new = model.inactive_adapters.pop(name)
+    old_names = model.adapters.param_names()
+    if model.adapters.active is not None:
+        model.adapters.inactive[model.adapters.active] = StoredAdapter(
+            model.adapters.config, model.adapters.modules, {n: model.params.pop(n) for n in sorted(old_names)})
+    new = model.adapters.inactive.pop(name)
     model.params.update(new.factors)
-    model.lora, model.lora_config, model.active_adapter = new.lora, new.config, name
+    model.adapters.modules, model.adapters.config, model.adapters.active = new.lora, new.config, name
     model.trainable = (model.trainable - old_names) | set(new.factors)
 
 
 def delete_adapter(model, name: str):
     """Remove one named adapter (the active one too: the model then has no active adapter)."""
-    if name == model.active_adapter:
-        if model.merged:
+    if name == model.adapters.active:
+        if model.adapters.merged:
             raise MiniLoraStateError(f"cannot delete adapter {name!r} while it is merged; unmerge first")
-        for n in model._lora_names():
+        for n in model.adapters.param_names():
             model.params.pop(n, None)
-        model.trainable -= model._lora_names()
-        model.lora, model.lora_config, model.active_adapter = {}, None, None
-    elif name in model.inactive_adapters:
-        del model.inactive_adapters[name]
+        model.trainable -= model.adapters.param_names()
+        model.adapters.modules, model.adapters.config, model.adapters.active = {}, None, None
+    elif name in model.adapters.inactive:
+        del model.adapters.inactive[name]
     else:
         raise MiniLoraError(f"no adapter named {name!r}; the model has {adapter_names(model) or 'none'}")
 
 
 def disable_adapters(model):
     """Compute the base model exactly (every adapted linear takes its plain path); refused while merged."""
-    if model.merged:
+    if model.adapters.merged:
         raise MiniLoraStateError("cannot disable a merged adapter (its update is inside the weights); unmerge first")
-    model.adapter_enabled = False
+    model.adapters.enabled = False
 
 
 def enable_adapters(model):
     """Undo disable_adapters: the active adapter's LoRA path is used again."""
-    model.adapter_enabled = True
+    model.adapters.enabled = True
 
 
 @contextmanager
 def adapters_disabled(model):
     """`with adapters_disabled(model):` the base model (PEFT's `with model.disable_adapter():`)."""
-    was = model.adapter_enabled
+    was = model.adapters.enabled
     disable_adapters(model)
     try:
         yield model
     finally:
-        model.adapter_enabled = was
+        model.adapters.enabled = was

@@ -58,7 +58,7 @@ def compare_ranks(out, ranks, seeds, targets, run, base_folder, train_cfg, max_t
         notes += [str(w.message) for w in caught if str(w.message) not in notes]
         models[label] = m
         init_a[label] = {mod: (to_numpy(m.params[mod + ".lora_A.weight"]).copy(), None, 1.0)
-                         for mod in m.lora}
+                         for mod in m.adapters.modules}
     for n in notes:
         log(f"note: {n}")
     log(f"training {', '.join(labels)} on {len(examples)} rows of {run.dataset_path}: "

@@ -48,7 +48,7 @@ def make_model(cfg: LlamaConfig, mode: str, seed: int = 0):
     elif mode == "lora":
         add_lora(model, LoraConfig(**LORA), seed=seed + 1)
         rng = np.random.default_rng(seed + 2)
-        for m in model.lora:
+        for m in model.adapters.modules:
             b = model.params[m + ".lora_B.weight"]
             b[...] = 0.01 * rng.standard_normal(b.shape, dtype=np.float32)
     return model

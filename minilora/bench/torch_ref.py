@@ -70,7 +70,7 @@ class TorchLlama(nn.Module):
             for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
                 m = p + name
-                lm = model.lora.get(m)
+                lm = model.adapters.modules.get(m)
                 a = b = None
                 if lm is not None:
                     a, b = model.params[m + ".lora_A.weight"], model.params[m + ".lora_B.weight"]

@@ -8,9 +8,10 @@ positions <= j), so each layer keeps them in a cache:
              appended at slot t, and its query attends to the cached K, V[0..t]
              (attention_forward with Tq=1 < Tk=t+1: the causal mask offsets the query to t)
 The cache is preallocated to prompt + new tokens, (B, nkv, capacity, hd) per layer, so a step
-copies nothing. forward_cached(...) gives the same logits as model.forward on the whole sequence
-(tests/test_generate.py). The adapter state is honoured as in the model: active LoRA, merged,
-or disabled.
+copies nothing. Each layer is the model's own layer_forward (the training path) with the cache
+passed in, so generation and training cannot drift apart. forward_cached(...) gives the same
+logits as model.forward on the whole sequence (tests/test_generate.py). The adapter state is
+honoured as in the model: active LoRA, merged, or disabled.
 
 Sampling from the last position's logits z (B, V), in transformers' order:
     temperature  z / T                 T = 0 means greedy: argmax, no randomness
@@ -25,12 +26,9 @@ from dataclasses import dataclass
 
 from minilora.backend import array_module
 from minilora.errors import MiniLoraError
-from minilora.layers.attention import attention_forward
 from minilora.layers.embedding import embedding_forward
 from minilora.layers.linear import linear_forward
-from minilora.layers.mlp import swiglu_forward
 from minilora.layers.rmsnorm import rmsnorm_forward
-from minilora.layers.rope import rope_forward
 
 
 @dataclass
@@ -52,30 +50,6 @@ class KVCache:
         return self.k[0].shape[2]
 
 
-def _layer_step(model, x, i: int, cos, sin, cache: KVCache, start: int):
-    """One decoder layer for the new positions start..start+T-1 of x (B, T, C), filling the cache."""
-    c, p = model.config, f"model.layers.{i}."
-    b, t, _ = x.shape
-    nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    n1, _ = rmsnorm_forward(x, model.params[p + "input_layernorm.weight"], c.rms_norm_eps)
-    q = model.proj_forward(n1, p + "self_attn.q_proj")[0].reshape(b, t, nh, hd).transpose(0, 2, 1, 3)
-    k = model.proj_forward(n1, p + "self_attn.k_proj")[0].reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
-    v = model.proj_forward(n1, p + "self_attn.v_proj")[0].reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
-    q, _ = rope_forward(q, cos, sin)                                             # (B, nh, T, hd)
-    k, _ = rope_forward(k, cos, sin)                                             # (B, nkv, T, hd)
-    end = start + t
-    cache.k[i][:, :, start:end] = k
-    cache.v[i][:, :, start:end] = v
-    att, _ = attention_forward(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end])  # (B, nh, T, hd)
-    att = att.transpose(0, 2, 1, 3).reshape(b, t, nh * hd)                       # (B, T, nh*hd)
-    a = x + model.proj_forward(att, p + "self_attn.o_proj")[0]                   # (B, T, C)
-    n2, _ = rmsnorm_forward(a, model.params[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
-    g = model.proj_forward(n2, p + "mlp.gate_proj")[0]                           # (B, T, I)
-    u = model.proj_forward(n2, p + "mlp.up_proj")[0]                             # (B, T, I)
-    m, _ = swiglu_forward(g, u)
-    return a + model.proj_forward(m, p + "mlp.down_proj")[0]                     # (B, T, C)
-
-
 def forward_cached(model, input_ids, cache: KVCache, last_only: bool = False):
     """Logits (B, T, V) of the new tokens input_ids (B, T) at positions cache.length.. ; fills the cache.
 
@@ -94,7 +68,7 @@ def forward_cached(model, input_ids, cache: KVCache, last_only: bool = False):
     x, _ = embedding_forward(ids, model.params["model.embed_tokens.weight"])   # (B, T, C)
     cos, sin = model.rope(xp.arange(start, start + t))                          # (T, hd) for start..start+T-1
     for i in range(model.config.num_hidden_layers):
-        x = _layer_step(model, x, i, cos, sin, cache, start)
+        x = model.layer_forward(x, i, cos, sin, kv=cache)[0]                    # the training path's layer
     cache.length = start + t
     if last_only:
         x = x[:, -1:]

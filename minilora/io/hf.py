@@ -207,7 +207,7 @@ def save_pretrained(model, folder, dtype=None, max_shard_bytes: int | None = Non
     dtype = str(dtype or np.dtype(model.dtype).name)
     if dtype not in FILE_DTYPES:
         raise MiniLoraError(f"cannot save as {dtype!r}; choose one of {', '.join(FILE_DTYPES)}")
-    lora = model._lora_names()
+    lora = model.adapters.param_names()
     tensors, sizes = {}, {}
     width = 2 if dtype in ("float16", "bfloat16") else np.dtype(dtype).itemsize
     for name in model.config.param_shapes():

@@ -40,7 +40,7 @@ _UNSUPPORTED = {  # field: the value that is fine (anything else is refused)
 
 def adapter_config_dict(model, base_model_name_or_path: str = "", adapter_name: str | None = None) -> dict:
     """adapter_config.json for one adapter of the model (default: the active one)."""
-    st = get_adapter(model, model.active_adapter if adapter_name is None else adapter_name)
+    st = get_adapter(model, model.adapters.active if adapter_name is None else adapter_name)
     cfg = st.config
     targets = cfg.target_modules
     return {
@@ -67,7 +67,7 @@ def save_adapter(model, folder, base_model_name_or_path: str = "", adapter_name:
     """Write one adapter (default: the active one) as a PEFT folder, atomically (the folder appears whole)."""
     if not adapter_names(model):
         raise MiniLoraError("the model has no adapter to save")
-    st = get_adapter(model, model.active_adapter if adapter_name is None else adapter_name)
+    st = get_adapter(model, model.adapters.active if adapter_name is None else adapter_name)
     tensors = {PREFIX + n: to_numpy(a) for n, a in sorted(st.factors.items())}
     bad = [k for k, a in tensors.items() if not np.all(np.isfinite(a))]
     if bad:

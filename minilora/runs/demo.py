@@ -17,7 +17,15 @@ import tracemalloc
 
 import numpy as np
 
-from minilora.adapters import LoraConfig, add_lora, format_trainable, merge_lora, trainable_summary
+from minilora.adapters import (
+    LoraConfig,
+    add_lora,
+    format_trainable,
+    get_adapter,
+    install_adapter,
+    merge_lora,
+    trainable_summary,
+)
 from minilora.bench.tools import interleaved, median
 from minilora.data import LABELS, ByteTokenizer, encode_example, load_jsonl
 from minilora.inference.evaluate import choice_accuracy
@@ -72,7 +80,7 @@ def finetune_job(args) -> dict:
     s = trainable_summary(m)
     row = dict(method=method, r=None if job == "full" else job, trainable=s["trainable"], percent=s["percent"],
                accuracy=acc, seconds=res.seconds, peak_mb=peak / 2**20, zero_at_init=same)
-    factors = {n: m.params[n] for n in m._lora_names()} if job != "full" else None
+    factors = {n: m.params[n] for n in m.adapters.param_names()} if job != "full" else None
     return dict(row=row, name=name, losses=res.losses, trainable_line=format_trainable(m), factors=factors)
 
 
@@ -136,8 +144,10 @@ def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bit
     save_adapter(m, adapter_dir, base_model_name_or_path=run.base_model)
     m.dequantize_base()
     batch = np.asarray([e[0][:48] for e in examples[:64] if len(e[0]) >= 48][:32])
-    unmerged_model = LlamaForCausalLM(m.config, dict(m.params), seed=run.seed)   # shares the arrays
-    unmerged_model.lora = m.lora
+    base_params = {n: w for n, w in m.params.items() if n not in m.adapters.param_names()}
+    unmerged_model = LlamaForCausalLM(m.config, base_params, seed=run.seed)      # shares the arrays
+    st = get_adapter(m, m.adapters.active)
+    install_adapter(unmerged_model, m.adapters.active, st.config, st.lora, st.factors)
     unmerged = m.forward(batch)
     merge_lora(m)                                 # writes new merged arrays into m.params only
     merged = m.forward(batch)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from minilora.backend import asarray, to_numpy
 from minilora.data.batching import iterate_batches, num_batches
-from minilora.errors import MiniLoraError
+from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.training.checkpoint import checkpoint_rng, load_checkpoint, rng_restore, rng_snapshot, save_checkpoint
 from minilora.training.optim import AdamW, clip_grad_norm, cosine_schedule
 
@@ -112,7 +112,7 @@ def _identity(model, examples, cfg: TrainConfig) -> dict:
         train_config={k: v for k, v in asdict(cfg).items() if k not in _FREE_FIELDS},
         model_config=model.config.to_dict(),
         dtype=str(model.dtype),
-        lora={m: [lm.r, lm.alpha, lm.scale, lm.dropout] for m, lm in sorted(model.lora.items())},
+        lora={m: [lm.r, lm.alpha, lm.scale, lm.dropout] for m, lm in sorted(model.adapters.modules.items())},
         trainable={n: list(model.params[n].shape) for n in sorted(model.trainable)},
         quantized=sorted(model.quantized),
         n_examples=len(examples),
@@ -217,9 +217,9 @@ def fit(model, examples, cfg: TrainConfig, eval_fn=None, progress: bool = True, 
     if not examples:
         raise MiniLoraError("the training set is empty")
     if not model.trainable:
-        raise MiniLoraError("nothing to train: add an adapter or enable full fine-tuning")
-    if model.merged:
-        raise MiniLoraError("cannot train while adapters are merged; unmerge first")
+        raise MiniLoraStateError("nothing to train: add an adapter or enable full fine-tuning")
+    if model.adapters.merged:
+        raise MiniLoraStateError("cannot train while adapters are merged; unmerge first")
     if not isinstance(checkpoint_every, numbers.Integral) or isinstance(checkpoint_every, bool) \
             or checkpoint_every < 0:
         raise MiniLoraError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
