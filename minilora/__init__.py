@@ -4,7 +4,8 @@ The public API is imported lazily, so `import minilora` (and the CLI's start) st
     minilora.from_pretrained(dir), minilora.save_pretrained(model, dir),
     minilora.LlamaConfig, minilora.LlamaForCausalLM, minilora.LoraConfig, minilora.add_lora,
     minilora.merge_lora, minilora.unmerge_lora, minilora.save_adapter, minilora.load_adapter,
-    minilora.MiniLoraError. Generation: minilora.generate.generate(model, input_ids, max_new_tokens).
+    minilora.MiniLoraError, minilora.load_tokenizer(path, config=None).
+    Generation: minilora.generate.generate(model, input_ids, max_new_tokens).
 """
 from .errors import MiniLoraError
 
@@ -13,6 +14,7 @@ _LAZY = {
     "LlamaConfig": "config", "LlamaForCausalLM": "model",
     "LoraConfig": "adapters", "add_lora": "adapters", "merge_lora": "adapters", "unmerge_lora": "adapters",
     "save_adapter": "adapter_io", "load_adapter": "adapter_io",
+    "load_tokenizer": "data.hf_tokenizer",
 }
 
 __all__ = ["MiniLoraError", *_LAZY]
