@@ -7,7 +7,7 @@ GGUF files carry no tokenizer.json: llama.cpp stores the tokenizer as metadata k
     tokenizer.ggml.tokens       id -> token, in GPT-2's byte-to-unicode spelling ("Ġthe" is " the")
     tokenizer.ggml.merges       "a b" strings, in merge-priority order
     tokenizer.ggml.token_type   1 normal, 3 control (<|im_start|>, ...), 6 byte, ...
-    tokenizer.ggml.{bos,eos,padding,unknown}_token_id, tokenizer.ggml.add_bos_token, tokenizer.chat_template
+    tokenizer.ggml.{bos,eos,padding,unknown}_token_id, tokenizer.ggml.add_{bos,eos}_token, tokenizer.chat_template
 
 The tokenizer is assembled the way transformers' GGUF converter (GGUFGPTConverter, built on its
 GPT2Converter) assembles it, so the ids are equal to transformers' on the same file
@@ -15,9 +15,11 @@ GPT2Converter) assembles it, so the ids are equal to transformers' on the same f
 BPE(vocab, merges) with no unknown token; a ByteLevel pre-tokenizer (GPT-2's split regex, or the
 file's own regex in front of it when `tokenizer.ggml.pre` names one that differs); a ByteLevel
 decoder; control tokens registered as special added tokens (matched whole in text, skipped when
-decoding); a post-processor that prepends bos when add_bos_token is set.
+decoding), user-defined ones as plain added tokens; a post-processor that adds bos / eos when
+add_bos_token / add_eos_token say so (used by encode(add_special_tokens=True)).
 
-Reference: llama.cpp `gguf-py` (the keys) and transformers `integrations/ggml.py` (the assembly).
+Reference: llama.cpp `gguf-py` (the keys) and transformers 5's `integrations/gguf/gguf_tokenizer_mapping.py`
+(the assembly; `integrations/ggml.py` in transformers 4).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import os
 from ..errors import MiniLoraError
 
 TOKEN_TYPE_CONTROL = 3                      # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
+TOKEN_TYPE_USER_DEFINED = 4                 # an added token that is not special (e.g. <think>)
 
 # Split regexes that differ from GPT-2's, by the `tokenizer.ggml.pre` names llama.cpp gives them.
 # Any other name (SmolLM2's "smollm" included) gets GPT-2's regex, applied by ByteLevel itself.
@@ -61,10 +64,10 @@ def gguf_tokenizer_fields(reader) -> dict:
 def build_gguf_tokenizer(fields: dict, path: str = "GGUF file"):
     """Tokenizer metadata (from gguf_tokenizer_fields) -> (tokenizers.Tokenizer, info dict).
 
-    info holds bos/eos/pad/unk_token_id (int or None), chat_template (str or None) and add_bos_token (bool).
+    info holds bos/eos/pad/unk_token_id (int or None), chat_template (str or None), add_bos/eos_token (bool).
     Raises MiniLoraError for a SentencePiece ("llama") or other non-BPE vocabulary, or missing keys.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
     kind = fields.get("tokenizer.ggml.model")
@@ -80,32 +83,53 @@ def build_gguf_tokenizer(fields: dict, path: str = "GGUF file"):
         raise MiniLoraError(f"{path}: a merge is not two tokens separated by one space")
     tok = Tokenizer(BPE(vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="",
                         end_of_word_suffix="", fuse_unk=False))
-    prefix = bool(fields.get("tokenizer.ggml.add_space_prefix", False))
     split = SPLIT_REGEX.get(fields.get("tokenizer.ggml.pre"))
-    if split is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
+    if split is None:               # add_space_prefix is a SentencePiece setting: llama.cpp and transformers 5
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)    # ignore it for BPE, so do we
     else:
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     info = _special_ids(fields, len(tokens), path)
+    tok.post_processor = _post_processor(fields, tokens, info)
+    _add_special_tokens(tok, tokens, fields.get("tokenizer.ggml.token_type") or [1] * len(tokens), path)
+    info["chat_template"] = fields.get("tokenizer.chat_template") or None
+    return tok, info
+
+
+def _post_processor(fields: dict, tokens, info: dict):
+    """bos before / eos after the text when the file's add_bos_token / add_eos_token say so (a no-op otherwise)."""
+    from tokenizers import processors
+
     info["add_bos_token"] = bool(fields.get("tokenizer.ggml.add_bos_token", False)) and info["bos_token_id"] is not None
-    if info["add_bos_token"]:
-        bos = tokens[info["bos_token_id"]]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                                                           special_tokens=[(bos, info["bos_token_id"])])
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    types = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    info["add_eos_token"] = bool(fields.get("tokenizer.ggml.add_eos_token", False)) and info["eos_token_id"] is not None
+    if not (info["add_bos_token"] or info["add_eos_token"]):
+        return processors.ByteLevel(trim_offsets=False)
+    bos, eos = tokens[info["bos_token_id"] or 0], tokens[info["eos_token_id"] or 0]
+    head, tail = f"{bos}:0 " * info["add_bos_token"], f" {eos}:0" * info["add_eos_token"]
+    specials = {bos: info["bos_token_id"]} if info["add_bos_token"] else {}
+    specials.update({eos: info["eos_token_id"]} if info["add_eos_token"] else {})
+    return processors.TemplateProcessing(single=f"{head}$A:0{tail}", pair=f"{head}$A:0{tail} {head}$B:1{tail}",
+                                         special_tokens=list(specials.items()))
+
+
+def _add_special_tokens(tok, tokens, types, path: str) -> None:
+    """Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added tokens:
+    both are then matched whole in the text. A control token outside the byte alphabet is a mislabelled byte
+    sequence and stays an ordinary token."""
+    from tokenizers import AddedToken, pre_tokenizers
+
     if len(types) != len(tokens):
         raise MiniLoraError(f"{path}: {len(types)} token types for {len(tokens)} tokens")
     alphabet = set(pre_tokenizers.ByteLevel.alphabet())
     control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, types, strict=True)
                if int(kind) == TOKEN_TYPE_CONTROL and set(t) <= alphabet]
+    user = [AddedToken(t, normalized=False, special=False) for t, kind in zip(tokens, types, strict=True)
+            if int(kind) == TOKEN_TYPE_USER_DEFINED and set(t) <= alphabet]
     if control:
         tok.add_special_tokens(control)
-    info["chat_template"] = fields.get("tokenizer.chat_template") or None
-    return tok, info
+    if user:
+        tok.add_tokens(user)
 
 
 def _byte_level_vocab(tokens) -> dict:
