@@ -179,6 +179,16 @@ def test_gguf_ids_equal_the_trained_tokenizer(tmp_path, trained):
     assert tok.apply_chat_template(msgs, tokenize=False) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_gguf_from_an_open_reader(tmp_path, trained):
+    from gguf import GGUFReader
+
+    from minilora.data.hf_tokenizer import tokenizer_from_gguf_reader
+
+    path = _write_gguf(tmp_path / "t.gguf", trained)
+    tok = tokenizer_from_gguf_reader(GGUFReader(str(path)), path)
+    assert tok.encode(SAMPLES[3]) == trained.encode(SAMPLES[3], add_special_tokens=False).ids
+
+
 def test_gguf_add_bos_token_flag(tmp_path, trained):
     tok = load_tokenizer(_write_gguf(tmp_path / "t.gguf", trained, add_bos=True))
     assert tok.encode("hi", add_special_tokens=True) == [tok.bos_token_id, *tok.encode("hi")]

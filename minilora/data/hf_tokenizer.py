@@ -143,9 +143,22 @@ def check_vocab(tokenizer, config) -> None:
 
 
 def _from_gguf(path) -> HFTokenizer:
-    from .gguf_tokenizer import build_gguf_tokenizer, read_gguf_tokenizer_fields
+    from .gguf_tokenizer import read_gguf_tokenizer_fields
 
-    tok, info = build_gguf_tokenizer(read_gguf_tokenizer_fields(path), path)
+    return _from_gguf_fields(read_gguf_tokenizer_fields(path), path)
+
+
+def tokenizer_from_gguf_reader(reader, source="GGUF file") -> HFTokenizer:
+    """The tokenizer of a GGUF file already open as a gguf.GGUFReader (opening one costs seconds: share it)."""
+    from .gguf_tokenizer import gguf_tokenizer_fields
+
+    return _from_gguf_fields(gguf_tokenizer_fields(reader), str(source))
+
+
+def _from_gguf_fields(fields, path) -> HFTokenizer:
+    from .gguf_tokenizer import build_gguf_tokenizer
+
+    tok, info = build_gguf_tokenizer(fields, path)
     return HFTokenizer(tok, **{f"{s}_token_id": info[f"{s}_token_id"] for s in _SPECIALS},
                        chat_template=info["chat_template"], source=path)
 
