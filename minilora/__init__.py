@@ -4,7 +4,8 @@ The public API is imported lazily, so `import minilora` (and the CLI's start) st
     minilora.from_pretrained(dir), minilora.save_pretrained(model, dir),
     minilora.LlamaConfig, minilora.LlamaForCausalLM, minilora.LoraConfig, minilora.add_lora,
     minilora.merge_lora, minilora.unmerge_lora, minilora.save_adapter, minilora.load_adapter,
-    minilora.MiniLoraError. Generation: minilora.inference.generate.generate(model, input_ids, max_new_tokens).
+    minilora.MiniLoraError, minilora.load_tokenizer(path, config=None).
+    Generation: minilora.inference.generate.generate(model, input_ids, max_new_tokens).
 """
 from minilora.errors import MiniLoraError
 
@@ -13,6 +14,7 @@ _LAZY = {
     "LlamaConfig": "config", "LlamaForCausalLM": "model",
     "LoraConfig": "adapters", "add_lora": "adapters", "merge_lora": "adapters", "unmerge_lora": "adapters",
     "save_adapter": "adapter_io", "load_adapter": "adapter_io",
+    "load_tokenizer": "data.hf_tokenizer",
 }
 
 __all__ = ["MiniLoraError", *_LAZY]
@@ -23,6 +25,6 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
         return getattr(module, name)
     raise AttributeError(f"module 'minilora' has no attribute {name!r}")

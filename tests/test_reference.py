@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import minilora
-from minilora.generate import generate
+from minilora.inference.generate import generate
 
 HERE = os.path.join(os.path.dirname(__file__), "reference")
 CASES = ["gqa", "tied", "llama3", "llama3_f64"]
