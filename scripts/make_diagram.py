@@ -6,7 +6,8 @@
 The frozen path x -> W0 runs along the top; the trainable path x -> A (r x d_in) -> B (d_out x r)
 -> scale s runs below it, narrowing to r in the middle; the two meet at +. The SVG is written
 deterministically (fixed hash salt, no date; the matplotlib version in its Creator field), so
-tests/test_diagram.py compares it byte for byte with the committed copy under that version. Notebook 01 and docs/index.md show it.
+tests/test_diagram.py compares it byte for byte with the committed copy under that version.
+Notebook 01 and docs/index.md show it.
 """
 from __future__ import annotations
 
