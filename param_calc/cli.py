@@ -84,7 +84,7 @@ def _rank_pattern(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="param-calc", description=__doc__.split("\n")[0],
                 epilog="Subcommand: 'param-calc explain [--topic seed|gpt3|all]' recomputes the seed "
-                       "document's derivation and the LoRA paper's GPT-3 figures.",
+                       "document's (FinLoRA's \"Vanilla LoRA\" page) derivation and the LoRA paper's GPT-3 figures.",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("model (choose one)")
     src.add_argument("--model", metavar="NAME",
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_explain_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="param-calc explain",
-                description="Recompute the seed document's Llama-3.1-70B derivation and the LoRA paper's "
+                description="Recompute the seed document's (FinLoRA's \"Vanilla LoRA\" page) Llama-3.1-70B derivation "
+                            "and the LoRA paper's "
                             "GPT-3 trainable-parameter and checkpoint-size figures, with the differences.")
     p.add_argument("--topic", choices=("seed", "gpt3", "all"), default="all",
                    help="which derivation to show (default all)")

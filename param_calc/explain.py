@@ -51,7 +51,7 @@ def seed_lines() -> list:
     per_block = q + 2 * k
     rr, sq = rounded_ratio(count), square_formula(count)
     lines = [
-        "The seed document: Llama-3.1-70B, LoRA r = 4 on q_proj, k_proj, v_proj",
+        "The seed document (FinLoRA's \"Vanilla LoRA\" page): Llama-3.1-70B, LoRA r = 4 on q_proj, k_proj, v_proj",
         "",
         f"1. Config: hidden n = {h}, intermediate {inter}, L = {L} layers, {c['num_attention_heads']} heads "
         f"of {c['head_dim']}, {c['num_key_value_heads']} KV heads, vocab {v}, untied embeddings.",

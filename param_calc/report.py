@@ -124,8 +124,8 @@ def shortcut_lines(doc: dict, count: LoraCount) -> list:
              f"  rounded first:  {rr['base_rounded']} / {rr['lora_rounded']} = {rr['rounded_ratio']:,.1f}x "
              f"(exact {rr['exact_ratio']:,.1f}x, {rr['difference']:+,.1f}); dividing rounded figures moves the ratio"]
     if count.base_params == SEED_BASE and count.lora_params == SEED_LORA:
-        lines.append(f"                  this is the seed's \"~6,337\" (6,337.5 cut to 6,337) and \"~6,340x\" "
-                     f"(rounded again); the exact ratio is {count.ratio:,.1f}x")
+        lines.append(" " * 18 + "this is the \"~6,337\" of FinLoRA's \"Vanilla LoRA\" page (6,337.5 cut to 6,337)")
+        lines.append(f"                  and its \"~6,340x\" (rounded again); the exact ratio is {count.ratio:,.1f}x")
     r = sq["r"] if sq["r"] is not None else "r_i"
     lines.append(f"  2 x L x n x r:  2 x {sq['L']} x {sq['n']} x {r} = {n(sq['formula_params'])} "
                  f"(exact {n(sq['exact_params'])}, {sq['difference']:+,})")

@@ -274,6 +274,25 @@ def test_claim_random_update_grows_like_sqrt_r():
     assert rs == pytest.approx(1.0, rel=0.15) and plain == pytest.approx(0.25, rel=0.15)
 
 
+def test_claim_default_init_update_shrinks_like_inverse_sqrt_r():
+    """derivations.md#rslora: under the default init (A with std 1/r) and a unit-variance B, |B A x|
+    goes 0.25x from r = 4 to r = 64, not 4x: the sqrt(r) argument needs r-independent factor scales."""
+    from minilora.layers.lora import init_lora_weights
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 256))
+
+    def rms(r):
+        vals = []
+        for _ in range(4):
+            a, _ = init_lora_weights(256, 256, r, rng, np, init="gaussian", dtype="float64")
+            assert a.std() == pytest.approx(1 / r, rel=0.1)
+            vals.append(np.sqrt(np.mean(((x @ a.T) @ rng.standard_normal((256, r)).T) ** 2)))
+        return float(np.mean(vals))
+
+    assert rms(64) / rms(4) == pytest.approx(0.25, rel=0.15)
+
+
 def _arrays(obj):
     if isinstance(obj, np.ndarray):
         yield obj
@@ -346,6 +365,34 @@ def check_site_links(site: Path) -> list:
     return problems
 
 
+ASSET_TAG = re.compile(r"<(script|link)\b[^>]*>", re.I)
+ASSET_URL = re.compile(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]+)""", re.I)
+CSS_IMPORT = re.compile(r"""@import\s+(?:url\()?\s*["']?([^"')\s;]+)""", re.I)
+
+
+def remote_assets(site: Path) -> list:
+    """'page: url' for every script or stylesheet a built page (or a shipped .css) loads from the
+    network: <script src>, <link href> (stylesheets, fonts, preloads) and CSS @import with an
+    http(s) or protocol-relative URL. Plain <a href> links are not loads and are allowed."""
+    found = []
+    for page in sorted(site.rglob("*.html")) + sorted(site.rglob("*.css")):
+        text = page.read_text(encoding="utf-8", errors="replace")
+        urls = [m.group(1) for tag in ASSET_TAG.finditer(text) for m in ASSET_URL.finditer(tag.group(0))]
+        urls += CSS_IMPORT.findall(text)
+        found += [f"{page.relative_to(site)}: {u}" for u in map(html.unescape, urls)
+                  if re.match(r"^(?:https?:)?//", u, re.I)]
+    return found
+
+
+def test_remote_assets_finds_scripts_and_stylesheets_but_not_links(tmp_path):
+    (tmp_path / "a.html").write_text(
+        '<script src="https://cdn.example/x.js"></script><a href="https://example.org">ok</a>'
+        "<link rel=stylesheet href=//fonts.example/f.css><script src=\"js/local.js\"></script>", encoding="utf-8")
+    (tmp_path / "s.css").write_text('@import url("http://cdn.example/y.css"); a { color: red }', encoding="utf-8")
+    assert remote_assets(tmp_path) == ["a.html: https://cdn.example/x.js", "a.html: //fonts.example/f.css",
+                                       "s.css: http://cdn.example/y.css"]
+
+
 def test_docs_build_strict(tmp_path, record_property):
     pytest.importorskip("mkdocs")
     pytest.importorskip("material")
@@ -373,3 +420,7 @@ def test_docs_build_strict(tmp_path, record_property):
     assert 'id="minilora.layers.lora.lora_backward"' in layers
     problems = check_site_links(site)
     assert not problems, problems[:20]
+    remote = remote_assets(site)                 # the site renders offline (MathJax ships in docs/)
+    assert not remote, remote[:20]
+    assert (site / "javascripts" / "mathjax" / "tex-chtml-full.js").is_file()
+    assert "javascripts/mathjax/tex-chtml-full.js" in (site / "derivations" / "index.html").read_text(encoding="utf-8")
