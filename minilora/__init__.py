@@ -13,7 +13,7 @@ _LAZY = {
     "from_pretrained": "io", "save_pretrained": "io",
     "LlamaConfig": "config", "LlamaForCausalLM": "model",
     "LoraConfig": "adapters", "add_lora": "adapters", "merge_lora": "adapters", "unmerge_lora": "adapters",
-    "save_adapter": "adapter_io", "load_adapter": "adapter_io",
+    "save_adapter": "io.peft", "load_adapter": "io.peft",
     "load_tokenizer": "data.hf_tokenizer",
 }
 

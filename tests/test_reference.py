@@ -47,7 +47,8 @@ def section(ref, prefix: str) -> dict:
 def case(request):
     """(name, reference arrays, meta, dtype, tolerance) of one committed case."""
     name = request.param
-    with np.load(os.path.join(HERE, name + ".npz")) as f:
+    path = os.path.join(HERE, name + ".npz")
+    with np.load(path, allow_pickle=False) as f:
         ref = {k: f[k] for k in f.files}
     meta = json.loads(str(ref.pop("meta")))
     return name, ref, meta, meta["dtype"], TOL[meta["dtype"]]["value"]

@@ -201,6 +201,26 @@ def _jsonable(obj):
         return str(obj)
 
 
+@dataclass
+class _Run:
+    """The state of one fit() call that its steps share (the loop's variables, named)."""
+    model: object
+    examples: list
+    cfg: TrainConfig
+    opt: AdamW
+    checkpoint_dir: object
+    n_total: int                              # optimizer steps of the whole run
+    n_micro_epoch: int                        # micro-batches per epoch
+    warmup: int                               # warmup steps of the schedule
+    ident: dict | None                        # what a checkpoint must agree with
+    result: TrainResult = field(default_factory=TrainResult)
+    pos: tuple = (0, 0)                       # (epoch, batch) where the next optimizer step starts
+    rng_snap: object = None                   # the dropout generator's state at `pos`
+    accum: dict = field(default_factory=dict)  # gradients summed over the micro-batches so far
+    micro: int = 0                            # micro-batches in accum
+    acc_loss: float = 0.0                     # their summed losses
+
+
 def fit(model, examples, cfg: TrainConfig, eval_fn=None, progress: bool = True, desc: str = "train",
         checkpoint_dir=None, checkpoint_every: int = 0, resume_from=None):
     """Train model.trainable on examples [(ids, labels), ...]. Returns a TrainResult.
@@ -211,7 +231,45 @@ def fit(model, examples, cfg: TrainConfig, eval_fn=None, progress: bool = True, 
     folder to continue from; the model (same config, adapter and trainable set), examples and cfg
     must be those of the run that wrote it. A non-finite loss or gradient norm stops the run with
     MiniLoraError and keeps the last good checkpoint. Ctrl-C raises TrainingInterrupted after saving.
+
+    The steps, in order: _check_args, _prepare (and _resume), then per micro-batch _micro_batch and,
+    every gradient_accumulation_steps of them, _optimizer_step; _save writes a checkpoint;
+    _interrupted turns Ctrl-C into a saved, resumable stop.
     """
+    _check_args(model, examples, cfg, checkpoint_dir, checkpoint_every)
+    run = _prepare(model, examples, cfg, checkpoint_dir, resume_from)
+    result, bar = run.result, _progress(run.n_total, desc, progress)
+    bar.update(result.steps)
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(run.pos[0], cfg.num_epochs):
+            start = run.pos[1] if epoch == run.pos[0] else 0
+            batches = iterate_batches(examples, cfg.batch_size, cfg.seed, epoch, start_batch=start)
+            for k, (ids, labels) in enumerate(batches, start=start):
+                last_in_epoch = k == run.n_micro_epoch - 1
+                if not _micro_batch(run, ids, labels, epoch, k) and not last_in_epoch:
+                    continue                      # accumulate: no optimizer step yet
+                _optimizer_step(run, epoch, k, last_in_epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
+                if checkpoint_every and result.steps % checkpoint_every == 0:
+                    _save(run)
+                if eval_fn and cfg.eval_every and result.steps % cfg.eval_every == 0:
+                    result.evals.append((result.steps, eval_fn(model)))
+            if eval_fn and not cfg.eval_every:
+                result.evals.append((result.steps, eval_fn(model)))
+        if checkpoint_dir:
+            _save(run)
+    except KeyboardInterrupt as e:
+        bar.close()
+        _interrupted(run, e)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _check_args(model, examples, cfg, checkpoint_dir, checkpoint_every):
+    """One clear error for arguments or a model state that fit() cannot train."""
     if not isinstance(cfg, TrainConfig):
         raise MiniLoraError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if not examples:
@@ -225,95 +283,93 @@ def fit(model, examples, cfg: TrainConfig, eval_fn=None, progress: bool = True, 
         raise MiniLoraError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
     if checkpoint_every and checkpoint_dir is None:
         raise MiniLoraError("checkpoint_every needs a checkpoint_dir")
-    opt = AdamW(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _prepare(model, examples, cfg, checkpoint_dir, resume_from) -> _Run:
+    """The optimizer, the step counts and, with resume_from, everything a checkpoint restores."""
     n_total = total_steps(len(examples), cfg)
-    n_micro_epoch = num_batches(len(examples), cfg.batch_size)
-    warmup = int(cfg.warmup_ratio * n_total)
-    ident = _identity(model, examples, cfg) if (checkpoint_dir or resume_from) else None
-    result = TrainResult()
-    pos = (0, 0)                               # (epoch, batch) where the next optimizer step starts
+    run = _Run(model, examples, cfg, AdamW(lr=cfg.learning_rate, weight_decay=cfg.weight_decay), checkpoint_dir,
+               n_total, num_batches(len(examples), cfg.batch_size), int(cfg.warmup_ratio * n_total),
+               _identity(model, examples, cfg) if (checkpoint_dir or resume_from) else None)
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        _check_resume(ckpt.state, ident, resume_from)
-        pos = (ckpt.state["epoch"], ckpt.state["batch"])
-        if pos[0] > cfg.num_epochs or pos[1] >= n_micro_epoch or pos[1] % cfg.gradient_accumulation_steps \
-                or (pos[0] == cfg.num_epochs and pos[1]) or ckpt.state["step"] != len(ckpt.state["losses"]):
-            raise MiniLoraError(f"{resume_from}: inconsistent checkpoint position "
-                                f"(step {ckpt.state['step']}, epoch {pos[0]}, batch {pos[1]})")
-        _restore(model, opt, ckpt, resume_from)
-        result.losses = [float(x) for x in ckpt.state["losses"]]
-        result.evals = [(int(s), e) for s, e in ckpt.state.get("evals", [])]
-        result.steps = result.resumed_from = ckpt.state["step"]
-        result.checkpoint = str(resume_from)
-    rng_snap = rng_snapshot(model.rng) if checkpoint_dir else None   # the generator at `pos`
+        _resume(run, resume_from)
+    run.rng_snap = rng_snapshot(model.rng) if checkpoint_dir else None   # the generator at `pos`
+    return run
 
-    def save():
-        state = dict(step=result.steps, optimizer_step=opt.step_count, schedule_step=result.steps,
-                     total_steps=n_total, epoch=pos[0], batch=pos[1], losses=result.losses,
-                     evals=_jsonable(result.evals), **ident)
-        with _hold_interrupt():
-            save_checkpoint(checkpoint_dir, {n: model.params[n] for n in sorted(model.trainable)},
-                            opt.state_dict(), state, rng_snap)
-        result.checkpoint = str(checkpoint_dir)
 
-    bar = _progress(n_total, desc, progress)
-    bar.update(result.steps)
-    t0 = time.perf_counter()
-    accum, micro, acc_loss = {}, 0, 0.0
-    try:
-        for epoch in range(pos[0], cfg.num_epochs):
-            start = pos[1] if epoch == pos[0] else 0
-            batches = iterate_batches(examples, cfg.batch_size, cfg.seed, epoch, start_batch=start)
-            for k, (ids, labels) in enumerate(batches, start=start):
-                loss, grads = model.loss_and_grads(asarray(ids, model.xp), asarray(labels, model.xp))
-                lv = float(loss)
-                if not math.isfinite(lv):
-                    raise MiniLoraError(_fault(f"non-finite loss ({lv})", result, epoch, k, checkpoint_dir))
-                for name, g in grads.items():
-                    accum[name] = accum[name] + g if name in accum else g
-                micro += 1
-                acc_loss += lv
-                last_in_epoch = k == n_micro_epoch - 1
-                if micro < cfg.gradient_accumulation_steps and not last_in_epoch:
-                    continue
-                for g in accum.values():
-                    g *= 1.0 / micro
-                norm = clip_grad_norm(accum, cfg.max_grad_norm)
-                if not math.isfinite(norm):
-                    raise MiniLoraError(_fault(f"non-finite gradient norm ({norm})", result, epoch, k,
-                                               checkpoint_dir))
-                lr = cfg.learning_rate * cosine_schedule(result.steps, n_total, warmup, cfg.min_lr_ratio)
-                with _hold_interrupt():                  # the update and its bookkeeping: all or nothing
-                    opt.step(model.params, accum, lr=lr)
-                    result.losses.append(acc_loss / micro)
-                    result.steps += 1
-                    accum, micro, acc_loss = {}, 0, 0.0
-                    pos = (epoch + 1, 0) if last_in_epoch else (epoch, k + 1)
-                    if checkpoint_dir:
-                        rng_snap = rng_snapshot(model.rng)
-                bar.update(1)
-                bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
-                if checkpoint_every and result.steps % checkpoint_every == 0:
-                    save()
-                if eval_fn and cfg.eval_every and result.steps % cfg.eval_every == 0:
-                    result.evals.append((result.steps, eval_fn(model)))
-            if eval_fn and not cfg.eval_every:
-                result.evals.append((result.steps, eval_fn(model)))
-        if checkpoint_dir:
-            save()
-    except KeyboardInterrupt as e:
-        bar.close()
-        if isinstance(e, TrainingInterrupted):
-            raise
-        if checkpoint_dir is None:
-            raise TrainingInterrupted(f"training stopped at step {result.steps} of {n_total}; no checkpoint "
-                                      "was saved (no checkpoint directory)", None, result.steps) from None
-        save()
-        raise TrainingInterrupted(f"training stopped at step {result.steps} of {n_total}; resumable "
-                                  f"checkpoint saved to {checkpoint_dir}", str(checkpoint_dir), result.steps) from None
-    bar.close()
-    result.seconds = time.perf_counter() - t0
-    return result
+def _resume(run: _Run, resume_from):
+    """Check a checkpoint against this run, then restore weights, moments, generator and position."""
+    ckpt, cfg, result = load_checkpoint(resume_from), run.cfg, run.result
+    _check_resume(ckpt.state, run.ident, resume_from)
+    pos = (ckpt.state["epoch"], ckpt.state["batch"])
+    if pos[0] > cfg.num_epochs or pos[1] >= run.n_micro_epoch or pos[1] % cfg.gradient_accumulation_steps \
+            or (pos[0] == cfg.num_epochs and pos[1]) or ckpt.state["step"] != len(ckpt.state["losses"]):
+        raise MiniLoraError(f"{resume_from}: inconsistent checkpoint position "
+                            f"(step {ckpt.state['step']}, epoch {pos[0]}, batch {pos[1]})")
+    _restore(run.model, run.opt, ckpt, resume_from)
+    run.pos = pos
+    result.losses = [float(x) for x in ckpt.state["losses"]]
+    result.evals = [(int(s), e) for s, e in ckpt.state.get("evals", [])]
+    result.steps = result.resumed_from = ckpt.state["step"]
+    result.checkpoint = str(resume_from)
+
+
+def _micro_batch(run: _Run, ids, labels, epoch: int, k: int) -> bool:
+    """Forward and backward of one micro-batch into run.accum; True when an optimizer step is due."""
+    model = run.model
+    loss, grads = model.loss_and_grads(asarray(ids, model.xp), asarray(labels, model.xp))
+    lv = float(loss)                                     # the one host read per micro-batch
+    if not math.isfinite(lv):
+        raise MiniLoraError(_fault(f"non-finite loss ({lv})", run.result, epoch, k, run.checkpoint_dir))
+    for name, g in grads.items():
+        run.accum[name] = run.accum[name] + g if name in run.accum else g
+    run.micro += 1
+    run.acc_loss += lv
+    return run.micro >= run.cfg.gradient_accumulation_steps
+
+
+def _optimizer_step(run: _Run, epoch: int, k: int, last_in_epoch: bool):
+    """Average the accumulated gradients, clip, take one AdamW step at the schedule's lr."""
+    cfg, result = run.cfg, run.result
+    for g in run.accum.values():
+        g *= 1.0 / run.micro
+    norm = clip_grad_norm(run.accum, cfg.max_grad_norm)
+    if not math.isfinite(norm):
+        raise MiniLoraError(_fault(f"non-finite gradient norm ({norm})", result, epoch, k, run.checkpoint_dir))
+    lr = cfg.learning_rate * cosine_schedule(result.steps, run.n_total, run.warmup, cfg.min_lr_ratio)
+    with _hold_interrupt():                              # the update and its bookkeeping: all or nothing
+        run.opt.step(run.model.params, run.accum, lr=lr)
+        result.losses.append(run.acc_loss / run.micro)
+        result.steps += 1
+        run.accum, run.micro, run.acc_loss = {}, 0, 0.0
+        run.pos = (epoch + 1, 0) if last_in_epoch else (epoch, k + 1)
+        if run.checkpoint_dir:
+            run.rng_snap = rng_snapshot(run.model.rng)
+
+
+def _save(run: _Run):
+    """A resumable checkpoint of the last completed optimizer step (Ctrl-C held while writing)."""
+    result, model = run.result, run.model
+    state = dict(step=result.steps, optimizer_step=run.opt.step_count, schedule_step=result.steps,
+                 total_steps=run.n_total, epoch=run.pos[0], batch=run.pos[1], losses=result.losses,
+                 evals=_jsonable(result.evals), **run.ident)
+    with _hold_interrupt():
+        save_checkpoint(run.checkpoint_dir, {n: model.params[n] for n in sorted(model.trainable)},
+                        run.opt.state_dict(), state, run.rng_snap)
+    result.checkpoint = str(run.checkpoint_dir)
+
+
+def _interrupted(run: _Run, e: KeyboardInterrupt):
+    """Ctrl-C: save the last completed step (when there is a checkpoint folder), then stop."""
+    steps, n_total, folder = run.result.steps, run.n_total, run.checkpoint_dir
+    if isinstance(e, TrainingInterrupted):
+        raise e
+    if folder is None:
+        raise TrainingInterrupted(f"training stopped at step {steps} of {n_total}; no checkpoint "
+                                  "was saved (no checkpoint directory)", None, steps) from None
+    _save(run)
+    raise TrainingInterrupted(f"training stopped at step {steps} of {n_total}; resumable "
+                              f"checkpoint saved to {folder}", str(folder), steps) from None
 
 
 def _fault(what: str, result: TrainResult, epoch: int, batch: int, checkpoint_dir) -> str:
