@@ -116,6 +116,8 @@ def _value(field):
         return [v for i in field.data for v in field.parts[i].tolist()]
     if field.types[0] == GGUFValueType.STRING:
         return text(field.parts[-1])
+    if field.types[0] == GGUFValueType.FLOAT32:        # the shortest decimal of the float32: 1e-05, not 9.9999997e-06
+        return float(str(field.parts[-1][0]))
     return field.parts[-1].tolist()[0]
 
 
