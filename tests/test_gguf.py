@@ -243,8 +243,9 @@ def test_smollm2_matches_transformers_reference(smollm2):
     with open(REF) as f:
         ref = json.load(f)
     ids = np.array(ref["input_ids"])
-    last = smollm2.forward(ids[None])[0, -1]                                       # (V,)
-    scale = ref["last_logits_max_abs"]
+    logits = smollm2.forward(ids[None])[0]                                         # (T, V)
+    last, scale = logits[-1], ref["last_logits_max_abs"]
+    assert abs(float(np.abs(logits).max()) - ref["all_logits_max_abs"]) <= 1e-4 * ref["all_logits_max_abs"]
     np.testing.assert_allclose(last[:len(ref["last_logits_head"])], ref["last_logits_head"], rtol=0,
                                atol=1e-4 * scale)
     assert abs(float(np.abs(last).max()) - scale) <= 1e-4 * scale
