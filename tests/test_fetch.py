@@ -145,3 +145,18 @@ def test_fetch_command_prints_the_path(tmp_path, fake, capsys):
     assert main(["fetch", "nope", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- model names in `minilora generate` --------------------------------------------------------
+def test_generate_with_an_unknown_model_name_is_one_line_exit_2(capsys):
+    assert main(["generate", "no-such-model", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "known models: " in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_chat_needs_a_chat_template(capsys):
+    tiny = os.path.join(os.path.dirname(mr.__file__), "assets", "tiny-sentiment-base")
+    assert main(["generate", tiny, "--chat", "hi", "--max-new-tokens", "2"]) == 2
+    assert "chat template" in capsys.readouterr().err
+    assert main(["generate", tiny, "--prompt", "Shares", "--max-new-tokens", "3", "--no-stop"]) == 0
+    assert capsys.readouterr().out.startswith("Shares")

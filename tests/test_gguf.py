@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 gguf = pytest.importorskip("gguf")
 
-from minilora import from_pretrained  # noqa: E402
+from minilora import from_pretrained, save_pretrained  # noqa: E402
 from minilora.config import LlamaConfig  # noqa: E402
 from minilora.errors import MiniLoraError  # noqa: E402
 from minilora.gguf_file import gguf_name, hf_name, permute_qk, read_gguf, unpermute_qk  # noqa: E402
@@ -135,6 +135,8 @@ def test_f32_file_gives_the_original_logits(tmp_path, tied):
     assert got.config.to_dict() == cfg.to_dict()
     ids = np.array([[1, 5, 9, 33, 60, 2, 7]])
     np.testing.assert_array_equal(got.forward(ids), model.forward(ids))
+    save_pretrained(got, tmp_path / "hf")                         # GGUF -> Hugging Face folder
+    np.testing.assert_array_equal(from_pretrained(str(tmp_path / "hf")).forward(ids), model.forward(ids))
 
 
 @pytest.mark.parametrize("qtype,tol", [(T.Q8_0, 0.02), (T.Q4_0, 0.3), (T.Q4_1, 0.3), (T.F16, 1e-3), (T.BF16, 0.02)])
