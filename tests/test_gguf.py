@@ -39,8 +39,9 @@ def llama_cpp_order(n_rows, n_head):
     return np.array([h * d + j for h in range(n_head) for j in within])
 
 
-def write_gguf(path, cfg, params, qtype=T.F32, arch="llama", drop=(), raw=None, meta=None):
-    """Write a model as convert_hf_to_gguf does; raw: {HF name: (bytes array, qtype)} stored as given."""
+def write_gguf(path, cfg, params, qtype=T.F32, arch="llama", drop=(), raw=None, meta=None, extra=None):
+    """Write a model as convert_hf_to_gguf does; raw: {HF name: (bytes array, qtype)} stored as given;
+    extra: {GGUF name: float32 array} added as is."""
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers + 1)   # + 1: a stray layer
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
@@ -75,6 +76,8 @@ def write_gguf(path, cfg, params, qtype=T.F32, arch="llama", drop=(), raw=None, 
             w.add_tensor(gname, arr.astype(np.float16))
         else:
             w.add_tensor(gname, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+    for gname, arr in (extra or {}).items():
+        w.add_tensor(gname, np.asarray(arr, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -186,6 +189,34 @@ def test_dtype_float64_and_metadata(tmp_path):
     assert all(v.dtype == np.float64 for v in params.values())
     assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.tokens"][5] == "t5"
     assert (config.bos_token_id, config.eos_token_id) == (1, 2)
+
+
+def llama3_rope_factors(head_dim, theta, factor=8.0, low=1.0, high=4.0, old_len=8192):
+    """rope_freqs.weight as llama.cpp's converter computes it for a Llama 3.1 model."""
+    out = []
+    for freq in 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim):
+        wavelen = 2 * np.pi / freq
+        if wavelen < old_len / high:
+            out.append(1.0)
+        elif wavelen > old_len / low:
+            out.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, np.float32)
+
+
+def test_llama3_rope_freqs_become_llama3_rope_scaling(tmp_path):
+    cfg = tiny_config(rope_theta=500000.0)
+    params = LlamaForCausalLM.init(cfg).params
+    factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta)
+    assert len(set(factors.tolist())) > 2                          # all three regimes occur
+    config, _, _ = read_gguf(write_gguf(tmp_path / "a.gguf", cfg, params, extra={"rope_freqs.weight": factors}))
+    assert config.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    odd = np.linspace(1, 3, cfg.head_dim // 2)
+    with pytest.raises(MiniLoraError, match="not Llama 3's"):
+        read_gguf(write_gguf(tmp_path / "b.gguf", cfg, params, extra={"rope_freqs.weight": odd}))
 
 
 # ---- refusals ----------------------------------------------------------------------------------
