@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from .config import LlamaConfig
-from .gradcheck import numerical_gradient, rel_error
+from minilora.config import LlamaConfig
+from minilora.gradcheck import numerical_gradient, rel_error
 
 TOL = 1e-6           # centred differences in float64 agree to ~1e-9; a wrong formula is off by O(1)
 

@@ -154,7 +154,7 @@ def test_cli_generate_with_and_without_adapter(tmp_path, capsys):
 
 def test_cli_uses_the_folders_tokenizer_json(tmp_path, capsys):
     tokenizers = pytest.importorskip("tokenizers")
-    words = ["[UNK]", "<s>", "</s>"] + [f"w{i}" for i in range(20)]
+    words = ["[UNK]", "<s>", "</s>"] + [f"w{i}" for i in range(256)]   # the tiny base's 259 ids
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     shutil.copytree(base_dir(), tmp_path / "m")
@@ -176,4 +176,4 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert err == f"minilora: error: {err.split('error: ')[1]}" and message in err and err.count("\n") == 1
     save_pretrained(small_model(), tmp_path / "m")                          # vocab 23, no tokenizer.json
     assert main(["generate", str(tmp_path / "m"), "--prompt", "x"]) == 2
-    assert "has no tokenizer.json and its vocab_size 23 is smaller than" in capsys.readouterr().err
+    assert "the byte tokenizer (ids < 259) does not fit a model with vocab_size 23" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def load_weights(folder) -> dict:
 
 # ---- whole models ----------------------------------------------------------------------------
 def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
-    """A LlamaForCausalLM from a Hugging Face Llama folder.
+    """A LlamaForCausalLM from a Hugging Face Llama folder (or a llama GGUF file: minilora.io.gguf.from_gguf).
 
     Weights of any file dtype (F32, F16, BF16, F64) are cast once to `dtype` (float32, float64 or
     float16; NumPy has no bfloat16 to compute in) and placed on `xp` (numpy default, or cupy).
@@ -155,6 +155,9 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
     if dtype not in ("float32", "float64", "float16"):
         raise MiniLoraError(f"dtype must be float32, float64 or float16, got {dtype!r}"
                             + (" (NumPy has no bfloat16: load bf16 files as float32)" if "bf" in dtype else ""))
+    if os.fspath(folder).lower().endswith(".gguf"):          # llama.cpp's format: minilora.io.gguf
+        from minilora.io.gguf import from_gguf
+        return from_gguf(folder, dtype=dtype, xp=xp, seed=seed)
     xp = get_xp("numpy") if xp is None else xp
     if not os.path.isdir(folder):
         raise MiniLoraError(f"{folder}: not a folder")
