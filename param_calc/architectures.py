@@ -107,17 +107,22 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise ParamCalcError(f"{where}: field {f!r} must be a positive integer, got {v!r}")
     if family == "llama":
-        nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-        if nh % nkv:
-            raise ParamCalcError(f"{where}: field 'num_key_value_heads' ({nkv}) must divide "
-                                 f"num_attention_heads ({nh})")
-        if not cfg.get("head_dim") and cfg["hidden_size"] % nh:
-            raise ParamCalcError(f"{where}: field 'head_dim' is needed: hidden_size ({cfg['hidden_size']}) "
-                                 f"is not a multiple of num_attention_heads ({nh})")
+        _check_heads(cfg, where)
     for f in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
         if cfg.get(f) is not None and not isinstance(cfg[f], bool):
             raise ParamCalcError(f"{where}: field {f!r} must be true or false, got {cfg[f]!r}")
     return cfg
+
+
+def _check_heads(cfg: dict, where: str):
+    """Grouped-query attention fits: KV heads divide heads; head_dim given or hidden / heads exact."""
+    nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    if nh % nkv:
+        raise ParamCalcError(f"{where}: field 'num_key_value_heads' ({nkv}) must divide "
+                             f"num_attention_heads ({nh})")
+    if not cfg.get("head_dim") and cfg["hidden_size"] % nh:
+        raise ParamCalcError(f"{where}: field 'head_dim' is needed: hidden_size ({cfg['hidden_size']}) "
+                             f"is not a multiple of num_attention_heads ({nh})")
 
 
 def build_architecture(cfg: dict, name: str = "config") -> Architecture:

@@ -47,18 +47,7 @@ def compare_ranks(out, ranks, seeds, targets, run, base_folder, train_cfg, max_t
     examples = [encode_example(r["context"], r["target"], tok) for r in rows]
     plan = [(ranks[0], seeds[0]), (ranks[1], seeds[0]), (ranks[0], seeds[1])]
     labels = [f"r{r}_seed{s}" for r, s in plan]
-    models, init_a, notes = {}, {}, []
-    for label, (r, seed) in zip(labels, plan, strict=True):   # every adapter first: a bad rank fails fast
-        m = from_pretrained(base_folder, seed=seed)
-        cfg = LoraConfig(r=r, lora_alpha=run.lora_alpha, target_modules=targets, init_lora_weights=init,
-                         lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            add_lora(m, cfg, seed=seed)
-        notes += [str(w.message) for w in caught if str(w.message) not in notes]
-        models[label] = m
-        init_a[label] = {mod: (to_numpy(m.params[mod + ".lora_A.weight"]).copy(), None, 1.0)
-                         for mod in m.adapters.modules}
+    models, init_a, notes = _adapted_models(labels, plan, run, targets, base_folder, init)
     for n in notes:
         log(f"note: {n}")
     log(f"training {', '.join(labels)} on {len(examples)} rows of {run.dataset_path}: "
@@ -66,38 +55,14 @@ def compare_ranks(out, ranks, seeds, targets, run, base_folder, train_cfg, max_t
         f"{train_cfg.gradient_accumulation_steps} accumulation, lr {train_cfg.learning_rate}, "
         f"lora_alpha {run.lora_alpha}, {init} init, targets {', '.join(targets)}, "
         f"float32 base {base_folder}")
-    adapters, info = {}, {}
-    weights = load_weights(base_folder)
-    for label, (r, seed) in zip(labels, plan, strict=True):
-        res = fit(models[label], examples, replace(train_cfg, seed=seed), progress=progress, desc=label)
-        folder = j(out, f"adapter_{label}")
-        save_adapter(models[label], folder, base_model_name_or_path=run.base_model)
-        adapters[label] = read_adapter_factors(folder)
-        k = max(1, len(res.losses) // 10)
-        spectra = module_spectra(adapters[label].modules)
-        info[label] = {"r": r, "seed": seed, "path": folder, "steps": res.steps,
-                       "seconds": res.seconds, "loss_first": _mean(res.losses[:k]),
-                       "loss_last": _mean(res.losses[-k:]), "spectra": spectra,
-                       "amplification": amplification_table(
-                           {mod: weights[mod + ".weight"] for mod in adapters[label].modules},
-                           adapters[label].modules)}
-        log(f"{label}: {res.steps} steps in {res.seconds:.1f}s, loss (mean of {k} steps) "
-            f"{info[label]['loss_first']:.4f} -> {info[label]['loss_last']:.4f}")
+    adapters, info = _train_and_read(models, labels, plan, examples, run, base_folder, train_cfg, out,
+                                     progress, log)
     files = [save_spectra(short_rows(info[lb]["spectra"][:max_plots]), j(out, f"spectra_{lb}.png"),
                           title=f"Singular values of delta W, {lb}") for lb in labels]
     pairs = {}
     for pair, (p, q) in ((f"r{ranks[0]}_vs_r{ranks[1]}", labels[:2]),
                          (f"seed{seeds[0]}_vs_seed{seeds[1]}", (labels[0], labels[2]))):
-        prow, grids = phi_section(adapters[p].modules, adapters[q].modules)
-        init_rows, _ = phi_section(init_a[p], init_a[q], kinds=("A",))
-        for row, irow in zip(prow, init_rows, strict=True):
-            row["A_init"] = irow["A"]
-        pairs[pair] = {"adapters": [p, q], "rows": prow}
-        for kind, per in grids.items():
-            shown = {short_name(m): g for m, g in list(per.items())[:max_plots]}
-            files.append(save_phi_heatmaps(shown, j(out, f"phi_{kind}_{pair}.png"),
-                                           title=f"phi(i, j), {p} (i) vs {q} (j): {PHI_KINDS[kind]}"))
-        files.append(save_grids(grids, j(out, f"phi_grids_{pair}.npz")))
+        pairs[pair] = _phi_pair(adapters, init_a, p, q, pair, out, max_plots, files)
     summary = {"command": "minilora analyze --compare-ranks", "training": {
         "run": run.name, "rows": len(examples), "epochs": train_cfg.num_epochs,
         "batch_size": train_cfg.batch_size, "accumulation": train_cfg.gradient_accumulation_steps,
@@ -112,6 +77,58 @@ def compare_ranks(out, ranks, seeds, targets, run, base_folder, train_cfg, max_t
     log(f"wrote {out}/: 3 adapters, {len(files)} plots/grids, summary.json, summary.md "
         f"({summary['seconds']:.0f}s)")
     return summary
+
+
+def _adapted_models(labels, plan, run, targets, base_folder, init):
+    """Every adapter first (a bad rank fails fast): ({label: model}, {label: A at init}, warnings)."""
+    models, init_a, notes = {}, {}, []
+    for label, (r, seed) in zip(labels, plan, strict=True):
+        m = from_pretrained(base_folder, seed=seed)
+        cfg = LoraConfig(r=r, lora_alpha=run.lora_alpha, target_modules=targets, init_lora_weights=init,
+                         lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            add_lora(m, cfg, seed=seed)
+        notes += [str(w.message) for w in caught if str(w.message) not in notes]
+        models[label] = m
+        init_a[label] = {mod: (to_numpy(m.params[mod + ".lora_A.weight"]).copy(), None, 1.0)
+                         for mod in m.adapters.modules}
+    return models, init_a, notes
+
+
+def _train_and_read(models, labels, plan, examples, run, base_folder, train_cfg, out, progress, log):
+    """Train each adapter, save it (PEFT), read it back: ({label: AdapterFactors}, {label: info})."""
+    adapters, info = {}, {}
+    weights = load_weights(base_folder)
+    for label, (r, seed) in zip(labels, plan, strict=True):
+        res = fit(models[label], examples, replace(train_cfg, seed=seed), progress=progress, desc=label)
+        folder = os.path.join(out, f"adapter_{label}")
+        save_adapter(models[label], folder, base_model_name_or_path=run.base_model)
+        adapters[label] = read_adapter_factors(folder)
+        k = max(1, len(res.losses) // 10)
+        info[label] = {"r": r, "seed": seed, "path": folder, "steps": res.steps,
+                       "seconds": res.seconds, "loss_first": _mean(res.losses[:k]),
+                       "loss_last": _mean(res.losses[-k:]), "spectra": module_spectra(adapters[label].modules),
+                       "amplification": amplification_table(
+                           {mod: weights[mod + ".weight"] for mod in adapters[label].modules},
+                           adapters[label].modules)}
+        log(f"{label}: {res.steps} steps in {res.seconds:.1f}s, loss (mean of {k} steps) "
+            f"{info[label]['loss_first']:.4f} -> {info[label]['loss_last']:.4f}")
+    return adapters, info
+
+
+def _phi_pair(adapters, init_a, p, q, pair, out, max_plots, files) -> dict:
+    """phi between adapters p and q (and between their A at init); heat maps and grids into files."""
+    prow, grids = phi_section(adapters[p].modules, adapters[q].modules)
+    init_rows, _ = phi_section(init_a[p], init_a[q], kinds=("A",))
+    for row, irow in zip(prow, init_rows, strict=True):
+        row["A_init"] = irow["A"]
+    for kind, per in grids.items():
+        shown = {short_name(m): g for m, g in list(per.items())[:max_plots]}
+        files.append(save_phi_heatmaps(shown, os.path.join(out, f"phi_{kind}_{pair}.png"),
+                                       title=f"phi(i, j), {p} (i) vs {q} (j): {PHI_KINDS[kind]}"))
+    files.append(save_grids(grids, os.path.join(out, f"phi_grids_{pair}.npz")))
+    return {"adapters": [p, q], "rows": prow}
 
 
 def compare_markdown(summary: dict) -> str:

@@ -187,7 +187,19 @@ def read_adapter_factors(folder, model=None) -> AdapterFactors:
     raw = read_json(_config_path(folder))
     config = read_adapter_config(folder)
     path = _weights_path(folder)
-    tensors = load_safetensors(path)
+    factors, ignored = _group_factors(folder, path, load_safetensors(path))
+    shapes = None if model is None else _model_shapes(model, config, folder, path, factors, ignored)
+    modules = {}
+    for module in sorted(factors, key=natural_key):
+        a, b = _check_pair(folder, path, module, factors[module], shapes[module] if shapes else None)
+        r = int(a.shape[0])
+        alpha = pattern_value(module, config.alpha_pattern, config.lora_alpha)
+        modules[module] = (a, b, lora_scaling(r, alpha, config.use_rslora))
+    return AdapterFactors(folder, config, raw.get("base_model_name_or_path"), modules, ignored)
+
+
+def _group_factors(folder, path, tensors: dict):
+    """({module: {"A": (key, array), "B": ...}}, [keys that are not LoRA factors]) of one adapter."""
     factors, names, ignored = {}, set(), []
     for key in sorted(tensors):
         name = key[len(PREFIX):] if key.startswith(PREFIX) else key
@@ -205,32 +217,30 @@ def read_adapter_factors(folder, model=None) -> AdapterFactors:
                             f"({', '.join(sorted(names))}); read one at a time")
     if not factors:
         raise MiniLoraError(f"{folder}: no LoRA factors (keys ending in lora_A.weight / lora_B.weight)")
-    shapes = None if model is None else _model_shapes(model, config, folder, path, factors, ignored)
-    modules = {}
-    for module in sorted(factors, key=natural_key):
-        ab = factors[module]
-        if set(ab) != {"A", "B"}:
-            have = next(iter(ab.values()))[0]
-            raise MiniLoraError(f"{path}: missing key {PREFIX}{module}.lora_{'B' if 'A' in ab else 'A'}.weight "
-                                f"({have} has no partner)")
-        (ka, a), (kb, b) = ab["A"], ab["B"]
-        want = shapes[module] if shapes else None
-        for k, t, w in ((ka, a, want and want[0]), (kb, b, want and want[1])):
-            if w is not None and tuple(t.shape) != w:
-                raise MiniLoraError(f"{path}: {k} has shape {tuple(t.shape)}, this model and adapter_config need {w}")
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise MiniLoraError(f"{folder}: {module}: lora_A {tuple(a.shape)} and lora_B "
-                                f"{tuple(b.shape)} do not fit A (r, in), B (out, r)")
-        xp = array_module(a, b)
-        for k, t in ((ka, a), (kb, b)):
-            if t.dtype.kind != "f":
-                raise MiniLoraError(f"{path}: {k} has dtype {t.dtype}; expected floats")
-            if not bool(xp.all(xp.isfinite(t))):
-                raise MiniLoraError(f"{path}: {k} holds non-finite values")
-        r = int(a.shape[0])
-        alpha = pattern_value(module, config.alpha_pattern, config.lora_alpha)
-        modules[module] = (a, b, lora_scaling(r, alpha, config.use_rslora))
-    return AdapterFactors(folder, config, raw.get("base_model_name_or_path"), modules, ignored)
+    return factors, ignored
+
+
+def _check_pair(folder, path, module: str, ab: dict, want):
+    """(A, B) of one module once both exist, fit each other (and the model's shapes `want`), are
+    floats and finite."""
+    if set(ab) != {"A", "B"}:
+        have = next(iter(ab.values()))[0]
+        raise MiniLoraError(f"{path}: missing key {PREFIX}{module}.lora_{'B' if 'A' in ab else 'A'}.weight "
+                            f"({have} has no partner)")
+    (ka, a), (kb, b) = ab["A"], ab["B"]
+    for k, t, w in ((ka, a, want and want[0]), (kb, b, want and want[1])):
+        if w is not None and tuple(t.shape) != w:
+            raise MiniLoraError(f"{path}: {k} has shape {tuple(t.shape)}, this model and adapter_config need {w}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        raise MiniLoraError(f"{folder}: {module}: lora_A {tuple(a.shape)} and lora_B "
+                            f"{tuple(b.shape)} do not fit A (r, in), B (out, r)")
+    xp = array_module(a, b)
+    for k, t in ((ka, a), (kb, b)):
+        if t.dtype.kind != "f":
+            raise MiniLoraError(f"{path}: {k} has dtype {t.dtype}; expected floats")
+        if not bool(xp.all(xp.isfinite(t))):
+            raise MiniLoraError(f"{path}: {k} holds non-finite values")
+    return a, b
 
 
 def _model_shapes(model, config, folder, path, factors: dict, ignored: list) -> dict:

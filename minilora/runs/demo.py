@@ -117,10 +117,36 @@ def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bit
     log(f"zero-shot accuracy of the base: {100 * acc_zero:.1f}% (chance {100 / len(LABELS):.1f}%)")
 
     jobs = [run.lora_r, *ranks] + (["full"] if full else [])
+    rows, curves, factors = finetune_table(run, jobs, examples, test_rows, workers, progress, log)
+    log("")
+    log(format_table(rows, acc_zero))
+    adapter_dir = os.path.join(out_dir, f"adapter_r{run.lora_r}")
+    merge = merge_check(run, factors, examples, adapter_dir, log)
+
+    plot_path = os.path.join(out_dir, "loss_curves.png")
+    save_loss_plot(curves, plot_path)
+    lora_main = next(r for r in rows if r["r"] == run.lora_r)
+    full_row = next((r for r in rows if r["r"] is None), None)
+    summary = dict(base_params=n_base, zero_shot_accuracy=acc_zero, rows=rows, **merge,
+                   adapter_dir=adapter_dir, plot=plot_path,
+                   lora_vs_full_accuracy_points=None if full_row is None
+                   else 100 * (lora_main["accuracy"] - full_row["accuracy"]),
+                   seconds=time.perf_counter() - t_start)
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    log(f"wrote {adapter_dir}/ (PEFT adapter), {plot_path}, {os.path.join(out_dir, 'summary.json')}")
+    log("")
+    log(param_calc_summary())
+    log(f"\ndemo finished in {summary['seconds']:.0f}s")
+    return summary
+
+
+def finetune_table(run, jobs, examples, test_rows, workers, progress, log):
+    """The table's fine-tunes (ranks, "full"), several processes at a time: (rows, loss curves, the
+    trained factors of the run's own rank)."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     log(f"fine-tuning {len(jobs)} models, {workers} at a time (one process per core, one BLAS thread each)")
     results = run_jobs([(run, job, examples, test_rows, progress and workers == 1) for job in jobs], workers)
-    rows, curves = [], {}
+    rows, curves, factors = [], {}, None
     for job, out in zip(jobs, results, strict=True):
         rows.append(out["row"])
         curves[out["name"]] = out["losses"]
@@ -128,19 +154,17 @@ def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bit
             log(f"LoRA r={job} on {', '.join(run.target_modules)}, {run.quant_bits}-bit base: "
                 f"logits at init equal the base's bit for bit: {out['row']['zero_at_init']}")
             log(out["trainable_line"])
-            main_factors = out["factors"]
+            factors = out["factors"]
+    return rows, curves, factors
+
+
+def merge_check(run, factors, examples, adapter_dir, log) -> dict:
+    """Save the run's adapter, merge it into a float copy of its base: merged vs unmerged logits, and
+    the forward time of merged, unmerged and base (interleaved medians)."""
     m = load_model(run)
     add_lora(m, LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
                            lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora), seed=run.seed)
-    m.params.update(main_factors)
-    models = {run.lora_r: m}
-
-    log("")
-    log(format_table(rows, acc_zero))
-
-    # merge the r = lora_r adapter into a float copy of its base
-    m = models[run.lora_r]
-    adapter_dir = os.path.join(out_dir, f"adapter_r{run.lora_r}")
+    m.params.update(factors)
     save_adapter(m, adapter_dir, base_model_name_or_path=run.base_model)
     m.dequantize_base()
     batch = np.asarray([e[0][:48] for e in examples[:64] if len(e[0]) >= 48][:32])
@@ -160,23 +184,8 @@ def run_demo(out_dir="demo_out", config_path=None, run_name="sentiment_tiny_8bit
     log(f"merged vs unmerged logits: max abs diff {merge_err:.2e} (relative {rel:.1e}, float32)")
     log(f"forward time: merged / base = {t_merged / t_base:.3f}, unmerged / base = {t_unmerged / t_base:.3f} "
         f"(medians of {TIMING_REPEATS} interleaved runs, batch {batch.shape})")
-
-    plot_path = os.path.join(out_dir, "loss_curves.png")
-    save_loss_plot(curves, plot_path)
-    lora_main = next(r for r in rows if r["r"] == run.lora_r)
-    full_row = next((r for r in rows if r["r"] is None), None)
-    summary = dict(base_params=n_base, zero_shot_accuracy=acc_zero, rows=rows, merge_max_abs_diff=merge_err,
-                   merge_rel_diff=rel, merged_vs_base_time=t_merged / t_base,
-                   unmerged_vs_base_time=t_unmerged / t_base, adapter_dir=adapter_dir, plot=plot_path,
-                   lora_vs_full_accuracy_points=None if full_row is None
-                   else 100 * (lora_main["accuracy"] - full_row["accuracy"]),
-                   seconds=time.perf_counter() - t_start)
-    write_json(os.path.join(out_dir, "summary.json"), summary)
-    log(f"wrote {adapter_dir}/ (PEFT adapter), {plot_path}, {os.path.join(out_dir, 'summary.json')}")
-    log("")
-    log(param_calc_summary())
-    log(f"\ndemo finished in {summary['seconds']:.0f}s")
-    return summary
+    return dict(merge_max_abs_diff=merge_err, merge_rel_diff=rel, merged_vs_base_time=t_merged / t_base,
+                unmerged_vs_base_time=t_unmerged / t_base)
 
 
 def format_table(rows, acc_zero) -> str:

@@ -79,6 +79,16 @@ def parse_run(name: str, d: dict, base_dir: str = ".", training: bool = True) ->
     if unknown:
         raise MiniLoraError(f"run {name!r}: unknown key(s) {', '.join(map(repr, unknown))}")
     v = {**OPTIONAL, **{k: None for k in TRAINING}, **d}
+    _check_numbers(name, v, training)
+    _check_flags_and_names(name, v, training)
+    for k in ("dataset_path", "test_dataset_path"):
+        if v[k] and not os.path.isabs(v[k]):
+            v[k] = os.path.normpath(os.path.join(base_dir, v[k]))
+    return FinLoraRun(name=name, **v)
+
+
+def _check_numbers(name: str, v: dict, training: bool):
+    """Ranks, counts, rates and ratios: type and range (a training key may be absent unless training)."""
     for k in ("lora_r", "num_epochs", "batch_size", "gradient_accumulation_steps"):
         if v[k] is not None or training:
             _num(name, k, v[k], int)
@@ -92,6 +102,10 @@ def parse_run(name: str, d: dict, base_dir: str = ".", training: bool = True) ->
             raise MiniLoraError(f"run {name!r}: {k} must be in [0, 1), got {v[k]!r}")
     if type(v["seed"]) is not int or v["seed"] < 0:
         raise MiniLoraError(f"run {name!r}: seed must be a non-negative integer, got {v['seed']!r}")
+
+
+def _check_flags_and_names(name: str, v: dict, training: bool):
+    """Booleans, target_modules and the path strings."""
     for k in ("peft_use_rslora", "peft_use_dora"):
         if not isinstance(v[k], bool):
             raise MiniLoraError(f"run {name!r}: {k} must be true or false, got {v[k]!r}")
@@ -109,10 +123,6 @@ def parse_run(name: str, d: dict, base_dir: str = ".", training: bool = True) ->
                                                or not v["test_dataset_path"]):
         raise MiniLoraError(f"run {name!r}: test_dataset_path must be a non-empty string or null, "
                             f"got {v['test_dataset_path']!r}")
-    for k in ("dataset_path", "test_dataset_path"):
-        if v[k] and not os.path.isabs(v[k]):
-            v[k] = os.path.normpath(os.path.join(base_dir, v[k]))
-    return FinLoraRun(name=name, **v)
 
 
 def _read_runs(path) -> dict:
