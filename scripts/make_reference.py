@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -38,7 +37,9 @@ import numpy as np
 import peft
 import torch
 import transformers
-from transformers.models.llama import modeling_llama
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from hf_oracle import float64_transformers, load_hf  # noqa: E402
 
 from minilora.config import LlamaConfig
 from minilora.io import save_pretrained
@@ -60,7 +61,6 @@ CASES = {
                        lora=dict(r=4, lora_alpha=8, target_modules="all-linear")),
 }
 B, T, VOCAB, NEW_TOKENS = 2, 8, 64, 8
-TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 
 
 def write_model(case: dict, folder: str):
@@ -75,52 +75,6 @@ def write_model(case: dict, folder: str):
         draw = rng.standard_normal(shape)
         params[name] = (1.0 + 0.2 * draw if name.endswith("norm.weight") else 0.15 * draw).astype(case["dtype"])
     save_pretrained(LlamaForCausalLM(config, params), folder)
-
-
-def inv_freq64(config) -> torch.Tensor:
-    """The default / llama3 inv_freq rule in float64, written from Meta's description."""
-    rp = config.rope_parameters
-    d = config.head_dim
-    inv = 1.0 / rp["rope_theta"] ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    if rp["rope_type"] == "llama3":
-        old, lo, hi, f = (rp[k] for k in ("original_max_position_embeddings", "low_freq_factor",
-                                          "high_freq_factor", "factor"))
-        wavelen = 2 * math.pi / inv
-        smooth = (old / wavelen - lo) / (hi - lo)
-        mid = (1 - smooth) * inv / f + smooth * inv
-        inv = np.where(wavelen < old / hi, inv, np.where(wavelen > old / lo, inv / f, mid))
-    return torch.from_numpy(inv)
-
-
-@contextlib.contextmanager
-def float64_transformers():
-    """LlamaRMSNorm and LlamaRotaryEmbedding computing in the input's dtype (no float32 casts)."""
-    def rmsnorm(self, h):
-        var = h.pow(2).mean(-1, keepdim=True)
-        return self.weight * (h * torch.rsqrt(var + self.variance_epsilon))
-
-    def rotary(self, x, position_ids):
-        freqs = position_ids[..., None].to(torch.float64) * self.inv_freq.to(torch.float64)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
-
-    saved = modeling_llama.LlamaRMSNorm.forward, modeling_llama.LlamaRotaryEmbedding.forward
-    modeling_llama.LlamaRMSNorm.forward, modeling_llama.LlamaRotaryEmbedding.forward = rmsnorm, rotary
-    try:
-        yield
-    finally:
-        modeling_llama.LlamaRMSNorm.forward, modeling_llama.LlamaRotaryEmbedding.forward = saved
-
-
-def load_hf(folder: str, dtype: str):
-    model = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPE[dtype],
-                                                          attn_implementation="sdpa")
-    if dtype == "float64":
-        rot = model.model.rotary_emb
-        exact = inv_freq64(model.config)
-        assert torch.allclose(rot.inv_freq.to(torch.float64), exact, rtol=1e-6, atol=0), "inv_freq rule differs"
-        rot.inv_freq = exact
-    return model.eval()
 
 
 def causal_lm_loss(model, logits, labels, dtype: str):

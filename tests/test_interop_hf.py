@@ -15,7 +15,6 @@ a float64 one computed here from Meta's llama3 rule (and checked equal to transf
 inv_freq to float32 precision), runs attention through SDPA (no float32 softmax cast), and the
 loss is torch's cross_entropy on the float64 logits, shifted as transformers shifts it.
 """
-import math
 import os
 
 import numpy as np
@@ -25,7 +24,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from transformers.models.llama import modeling_llama  # noqa: E402
+from hf_oracle import float64_transformers, load_hf  # noqa: E402
 
 from minilora.adapters import LoraConfig, add_lora, set_adapter  # noqa: E402
 from minilora.adapters.weighted import add_weighted_adapter  # noqa: E402
@@ -36,7 +35,6 @@ from minilora.io.peft import load_adapter, save_adapter  # noqa: E402
 LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 32}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 
 
 def hf_config(tied=False, rope=LLAMA3, theta=10000.0):
@@ -58,53 +56,11 @@ def write_hf_folder(path, tied=False, rope=LLAMA3, seed=0, save_dtype=torch.floa
     return path
 
 
-def inv_freq64(config):
-    """Llama 3.1's inv_freq rule in float64 (independent of minilora and of transformers' float32 code)."""
-    rp = config.rope_parameters
-    d = config.head_dim
-    inv = 1.0 / rp["rope_theta"] ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    if rp["rope_type"] == "default":
-        return torch.from_numpy(inv)
-    old, lo, hi, f = (rp[k] for k in ("original_max_position_embeddings", "low_freq_factor",
-                                      "high_freq_factor", "factor"))
-    out = []
-    for w in inv:
-        wavelen = 2 * math.pi / w
-        if wavelen < old / hi:
-            out.append(w)
-        elif wavelen > old / lo:
-            out.append(w / f)
-        else:
-            s = (old / wavelen - lo) / (hi - lo)
-            out.append((1 - s) * w / f + s * w)
-    return torch.tensor(out, dtype=torch.float64)
-
-
 @pytest.fixture
-def hf_float64(monkeypatch):
-    """Make transformers' Llama compute RMSNorm and RoPE in the model's dtype (see the module docstring)."""
-
-    def rmsnorm(self, h):
-        var = h.pow(2).mean(-1, keepdim=True)
-        return self.weight * (h * torch.rsqrt(var + self.variance_epsilon))
-
-    def rotary(self, x, position_ids):
-        freqs = position_ids[..., None].to(torch.float64) * self.inv_freq.to(torch.float64)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
-
-    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", rmsnorm)
-    monkeypatch.setattr(modeling_llama.LlamaRotaryEmbedding, "forward", rotary)
-
-
-def load_hf(path, dtype):
-    model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=TORCH_DTYPE[dtype], attn_implementation="sdpa")
-    if dtype == "float64":
-        rot = model.model.rotary_emb
-        exact = inv_freq64(model.config)
-        assert torch.allclose(rot.inv_freq.to(torch.float64), exact, rtol=1e-6, atol=0)  # same rule as HF's
-        rot.inv_freq = exact
-    return model.eval()
+def hf_float64():
+    """Make transformers' Llama compute RMSNorm and RoPE in the model's dtype (see tests/hf_oracle.py)."""
+    with float64_transformers():
+        yield
 
 
 def batch(seed=0, b=2, t=12, vocab=61):

@@ -5,8 +5,8 @@ or ends with "." + entry (so "q_proj" adapts every layer's self_attn.q_proj); a 
 regular expression that must match the whole module name; "all-linear" is every linear module
 except the output head.
 
-Named adapters (several on one model, switch, disable, delete) live in minilora.adapters.named and
-are re-exported here; add_lora(..., adapter_name=...) adds one. ``add_weighted_adapter``
+Named adapters (several on one model, switch, disable, delete) live in minilora.adapters.named (all
+of them are exported by minilora.adapters); add_lora(..., adapter_name=...) adds one. ``add_weighted_adapter``
 (minilora.adapters.weighted) combines adapters into a new one. Use one AdamW per adapter: its
 moments are keyed by parameter names, which adapters share.
 """
@@ -16,17 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from minilora.adapters.named import (  # noqa: F401 - re-exported: the public API lives here too
-    StoredAdapter,
-    adapter_names,
-    adapters_disabled,
-    delete_adapter,
-    disable_adapters,
-    enable_adapters,
-    get_adapter,
-    install_adapter,
-    set_adapter,
-)
+from minilora.adapters.named import adapter_names, install_adapter
 from minilora.backend import get_xp
 from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.layers.lora import init_lora_weights, lora_merge, lora_scaling, lora_unmerge
