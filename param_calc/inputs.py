@@ -16,7 +16,6 @@ from param_calc.architectures import Architecture, build_architecture
 from param_calc.errors import ParamCalcError
 from param_calc.presets import preset_config, preset_hf_id, resolve_preset
 
-
 MAX_CONFIG_BYTES = 1 << 20      # a config.json is a few KB
 
 

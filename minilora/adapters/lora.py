@@ -32,7 +32,6 @@ from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.layers.lora import init_lora_weights, lora_merge, lora_scaling, lora_unmerge
 from minilora.model import LoraModule
 
-
 MAX_LORA_ALPHA = 1e6      # alpha/r beyond this scales B @ A past any sane weight (1e300 -> inf in float32)
 
 

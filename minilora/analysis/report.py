@@ -14,8 +14,8 @@ from minilora.analysis.spectra import lowrank_svd, module_spectra
 from minilora.analysis.subspace import phi_grid_from_bases, right_singular_basis
 from minilora.backend import to_numpy
 from minilora.errors import MiniLoraError
-from minilora.io.hf import check_finite_weight
 from minilora.io.atomic import atomic_path, write_json, write_text
+from minilora.io.hf import check_finite_weight
 
 PHI_KINDS = {"A": "right singular vectors of A (the paper's Figures 3-4)",
              "right": "right (input-space) singular vectors of delta W",

@@ -25,7 +25,7 @@ from minilora.errors import MiniLoraError
 from minilora.io.atomic import atomic_dir, atomic_path, recover_if_missing, write_json
 from minilora.io.destination import check_output_location
 from minilora.io.hf_config import config_dtype, config_from_hf, config_to_hf
-from minilora.io.jsonfile import read_json
+from minilora.io.jsonfile import check_regular_file, read_json
 
 __all__ = ["read_json", "config_from_hf", "config_to_hf", "save_safetensors", "load_safetensors",
            "load_weights", "from_pretrained", "save_pretrained", "bf16_bits", "bf16_to_float32"]
@@ -74,8 +74,11 @@ def _open_header(path):
     """{name: (dtype code, shape)} through safetensors (which validates the file)."""
     from safetensors import SafetensorError, safe_open
 
-    if not os.path.isfile(path):
-        raise MiniLoraError(f"{path}: file not found")
+    check_regular_file(path, None, "file")
+    try:                                  # safetensors reports a permission error as "No such file"
+        open(path, "rb").close()
+    except OSError as e:
+        raise MiniLoraError(f"{path}: cannot read ({e.strerror})") from None
     try:
         with safe_open(path, framework="np") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}

@@ -358,7 +358,8 @@ def _optimizer_step(run: _Run, epoch: int, k: int, last_in_epoch: bool):
     cfg, result = run.cfg, run.result
     for g in run.accum.values():
         g *= 1.0 / run.micro
-    norm = clip_grad_norm(run.accum, cfg.max_grad_norm)
+    with _quiet_overflow(run.model):
+        norm = clip_grad_norm(run.accum, cfg.max_grad_norm)
     if not math.isfinite(norm):
         raise MiniLoraError(_fault(f"non-finite gradient norm ({norm})", result, epoch, k, run.checkpoint_dir))
     lr = cfg.learning_rate * cosine_schedule(result.steps, run.n_total, run.warmup, cfg.min_lr_ratio)
