@@ -142,7 +142,10 @@ def _check_location(path: str, shown, need_bytes: int):
     probe = temp_name(os.path.join(base, new_parts[0]), ".tmp")
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
+        try:
+            os.unlink(probe)
+        except FileNotFoundError:                         # already taken away as a leftover
+            pass
     except OSError as e:
         raise MiniLoraError(f"{shown}: cannot write in {base} ({e.strerror})") from None
     try:
