@@ -100,3 +100,57 @@ def sum_rows_by_index(idx, values, num_rows: int):
     starts = numpy.flatnonzero(numpy.concatenate(([True], sorted_idx[1:] != sorted_idx[:-1])))  # run starts
     out[sorted_idx[starts]] = numpy.add.reduceat(values[order], starts, axis=0)   # (runs, C)
     return out
+
+
+# ---- memory: sizes are checked before anything that large is allocated ------------------------
+def _host_available() -> int | None:
+    """Bytes the host can still give: MemAvailable, lowered by a cgroup (container) limit."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        try:
+            import os
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            room = int(limit) - used
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def available_memory(xp=None) -> int | None:
+    """Bytes that can still be allocated on xp's device (host RAM for numpy); None if unknown."""
+    if xp is not None and backend_name(xp) == "cupy":
+        free, _ = xp.cuda.Device().mem_info
+        return int(free)
+    return _host_available()
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"
+
+
+def check_allocation(nbytes: int, what: str, xp=None) -> None:
+    """MiniLoraError, before allocating, if `what` needs more bytes than xp's device has free."""
+    from minilora.errors import MiniLoraError
+
+    avail = available_memory(xp)
+    if avail is not None and nbytes > avail:
+        raise MiniLoraError(f"{what} needs {format_bytes(nbytes)}, more than the {format_bytes(avail)} of memory "
+                            "available; nothing was allocated")

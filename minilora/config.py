@@ -4,6 +4,7 @@ Shapes come from param_calc.shapes, the one table the calculator counts from too
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from param_calc.shapes import llama_head_dim, llama_linear_modules, llama_param_shapes
@@ -39,6 +40,17 @@ class LlamaConfig:
     def param_shapes(self) -> dict:
         """{state-dict name: shape} for every parameter (param_calc.shapes.llama_param_shapes)."""
         return llama_param_shapes(self)
+
+    def num_parameters(self) -> int:
+        """The number of parameter values, computed from one and two layers (no per-layer listing,
+        so a config with 10**7 layers is sized at once, before anything is allocated)."""
+        from dataclasses import replace
+
+        def count(layers):
+            return sum(math.prod(s) for s in replace(self, num_hidden_layers=layers).param_shapes().values())
+
+        one = count(1)
+        return one + (self.num_hidden_layers - 1) * (count(2) - one)
 
     def linear_modules(self) -> dict:
         """{module name: (in, out)} for every linear, lm_head included."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from minilora.backend import array_module, asarray, get_xp
+from minilora.backend import array_module, asarray, check_allocation, get_xp
 from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.layers.attention import attention_backward, attention_forward
@@ -90,6 +90,8 @@ class LlamaForCausalLM:
         the same weights on every backend (NumPy and CuPy runs can be compared).
         """
         xp = get_xp("numpy") if xp is None else xp
+        n = config.num_parameters()                      # sized before anything is allocated
+        check_allocation(n * get_xp("numpy").dtype(dtype).itemsize, f"a model of {n:,} parameters", xp)
         rng = get_xp("numpy").random.default_rng(seed)
         params = {}
         for name, shape in config.param_shapes().items():

@@ -22,6 +22,8 @@ LLAMA_TYPES = ("llama", "mistral", "qwen2")
 SUPPORTED_TYPES = LLAMA_TYPES + ("gpt2", "gpt3")
 CONFIG_TYPES = LLAMA_TYPES + ("gpt2",)        # gpt3 exists only as the preset gpt3-175b
 
+MAX_LAYERS = 10_000       # the largest released models have ~130 layers; the listing grows with this
+
 # Fields that fix the shapes, per model_type; every one must be a positive integer.
 REQUIRED = {
     "llama": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"),
@@ -111,6 +113,11 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
     for f in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
         if cfg.get(f) is not None and not isinstance(cfg[f], bool):
             raise ParamCalcError(f"{where}: field {f!r} must be true or false, got {cfg[f]!r}")
+    layers_key = "num_hidden_layers" if family == "llama" else "n_layer"
+    if cfg[layers_key] > MAX_LAYERS:              # the work (one row per module) is bounded first
+        raise ParamCalcError(f"{where}: field {layers_key!r} is {cfg[layers_key]:,}: param-calc lists every "
+                             f"module (about {cfg[layers_key] * 7:,} of them) and handles at most "
+                             f"{MAX_LAYERS:,} layers")
     return cfg
 
 
@@ -127,7 +134,7 @@ def _check_heads(cfg: dict, where: str):
 
 def build_architecture(cfg: dict, name: str = "config") -> Architecture:
     """Architecture from a config dict with Hugging Face field names (see validate_config)."""
-    cfg = validate_config(dict(cfg), name)
+    cfg = dict(validate_config(cfg, name))
     mt = cfg["model_type"]
     family = "llama" if mt in LLAMA_TYPES else "gpt2"
     keep = ("model_type",) + REQUIRED[family] + OPTIONAL_INT[family] + (

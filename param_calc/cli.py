@@ -144,12 +144,25 @@ def build_explain_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_out(path: str | None) -> None:
+    """Before any work: --out is a writable place for a file (never a folder, link, device or FIFO)."""
+    from minilora.io.console import check_stdout
+    from minilora.io.destination import check_output_location
+
+    if path:
+        check_output_location(path, "file", what=f"--out {path}")
+    else:
+        check_stdout()
+
+
 def _emit(text: str, path: str | None) -> None:
     if path:
         from minilora.io.atomic import write_text
         write_text(path, text if text.endswith("\n") else text + "\n")
     else:
+        from minilora.io.console import finish_stdout
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        finish_stdout()
 
 
 def _list_models(as_json: bool) -> str:
@@ -170,7 +183,7 @@ def _list_models(as_json: bool) -> str:
 
 
 def _run(args) -> str:
-    from param_calc.counting import count_lora
+    from param_calc.counting import count_lora, max_rank
     from param_calc.inputs import from_config_json, from_finlora, from_preset
     from param_calc.report import render, to_json
 
@@ -201,7 +214,11 @@ def _run(args) -> str:
     if targets == "default":
         targets = None
     count = count_lora(source.arch, rank, targets, args.rank_pattern, args.exclude, args.dora or source.dora)
-    ranks = args.ranks or (sorted(set(DEFAULT_SWEEP) | {rank}) if args.plot else None)
+    if args.ranks is None and args.plot:       # the default sweep stops at the largest rank the modules take
+        top = max_rank(source.arch, targets, args.exclude)
+        ranks = sorted({r for r in DEFAULT_SWEEP if r <= top} | {rank})
+    else:
+        ranks = args.ranks
     doc = to_json(count, hf_id=source.hf_id, alpha=alpha, quant_bits=quant_bits, adapter_dtype=args.adapter_dtype,
                   optimizer=optimizer, ranks=ranks, run=source.run)
     if args.plot:
@@ -217,28 +234,36 @@ def _run(args) -> str:
 
 def main(argv=None) -> int:
     """Entry point of param-calc; returns the exit code (0 ok, 2 bad input)."""
+    from minilora.errors import MiniLoraError
+    from minilora.io.console import stdout_error
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "explain":
             args = build_explain_parser().parse_args(argv[1:])
             from param_calc.explain import explain_text
+            _check_out(args.out)
             _emit(explain_text(args.topic), args.out)
             return 0
         args = build_parser().parse_args(argv)
+        _check_out(args.out)
         if args.list_models:
             _emit(_list_models(args.json), args.out)
             return 0
         _emit(_run(args), args.out)
         return 0
-    except (_UsageError, ParamCalcError) as e:
-        msg = " ".join(str(e).split())
-        print(f"param-calc: error: {msg}", file=sys.stderr)
-        return 2
+    except (_UsageError, ParamCalcError, MiniLoraError) as e:
+        return _fail(str(e))
     except OSError as e:
-        print(f"param-calc: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+        err = stdout_error(e)
+        return _fail(str(err) if err else f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     except SystemExit as e:      # --help and --version exit through argparse
         return e.code if isinstance(e.code, int) else 0
+
+
+def _fail(message: str) -> int:
+    print(f"param-calc: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -168,6 +168,11 @@ class LoraCount:
         return list(rows.values())
 
 
+def max_rank(arch: Architecture, targets=None, exclude=None) -> int:
+    """The largest rank every module the targets select can take: min(in, out) over them."""
+    return min(min(m.fan_in, m.fan_out) for m in select_modules(arch, targets, exclude))
+
+
 def count_lora(arch: Architecture, rank: int = 8, targets=None, rank_pattern: dict | None = None,
                exclude=None, dora: bool = False) -> LoraCount:
     """Count LoRA on arch as PEFT would for LoraConfig(r=rank, target_modules=targets, ...).
@@ -185,5 +190,10 @@ def count_lora(arch: Architecture, rank: int = 8, targets=None, rank_pattern: di
             raise ParamCalcError(f"bad rank pattern key {key!r}: {e}") from None
     chosen = select_modules(arch, targets, exclude)
     adapted = tuple(Adapted(m, rank_for(m.name, rank, rank_pattern), dora) for m in chosen)
+    for a in adapted:                          # as minilora's add_lora: B @ A cannot have a higher rank
+        if a.rank > min(a.module.fan_in, a.module.fan_out):
+            raise ParamCalcError(f"rank {a.rank} exceeds min(in, out) = {min(a.module.fan_in, a.module.fan_out)} "
+                                 f"for {a.module.name} ({a.module.fan_in} -> {a.module.fan_out}); minilora "
+                                 "refuses it (PEFT allows it, but the update's rank cannot exceed that)")
     return LoraCount(arch=arch, rank=rank, targets=targets, adapted=adapted, rank_pattern=rank_pattern,
                      dora=dora)

@@ -16,6 +16,8 @@ from param_calc.architectures import Architecture, build_architecture
 from param_calc.errors import ParamCalcError
 from param_calc.presets import preset_config, preset_hf_id, resolve_preset
 
+MAX_CONFIG_BYTES = 1 << 20      # a config.json is a few KB
+
 
 @dataclass
 class Source:
@@ -37,6 +39,13 @@ def from_preset(name: str) -> Source:
 
 
 def _read_json(path: str, what: str):
+    from minilora.errors import MiniLoraError
+    from minilora.io.jsonfile import check_regular_file
+
+    try:
+        check_regular_file(path, MAX_CONFIG_BYTES, what)
+    except MiniLoraError as e:
+        raise ParamCalcError(str(e)) from None
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -48,14 +57,18 @@ def _read_json(path: str, what: str):
         raise ParamCalcError(f"cannot read {what} {path}: {e}") from None
     except json.JSONDecodeError as e:
         raise ParamCalcError(f"{what} {path} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise ParamCalcError(f"{what} {path} is not valid JSON: nested too deeply") from None
 
 
 def from_config_json(path: str) -> Source:
     """A Hugging Face config.json (model_type llama, mistral, qwen2 or gpt2)."""
     cfg = _read_json(path, "config file")
-    if isinstance(cfg, dict) and cfg.get("model_type") == "gpt3":
+    if not isinstance(cfg, dict):
+        raise ParamCalcError(f"config file {path}: expected a JSON object, got {type(cfg).__name__}")
+    if cfg.get("model_type") == "gpt3":
         raise ParamCalcError(f"{path}: model_type 'gpt3' exists only as the preset gpt3-175b")
-    name = cfg.get("_name_or_path") if isinstance(cfg, dict) and cfg.get("_name_or_path") else path
+    name = cfg.get("_name_or_path") if isinstance(cfg.get("_name_or_path"), str) and cfg["_name_or_path"] else path
     return Source(build_architecture(cfg, f"{path}"), hf_id=name if name != path else None)
 
 

@@ -501,7 +501,7 @@ def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
     with atomic_dir(d) as tmp:
         Path(tmp, "a.txt").write_text("old")
     with pytest.raises(ValueError):
-        with atomic_dir(d) as tmp:
+        with atomic_dir(d, overwrite=True) as tmp:
             Path(tmp, "a.txt").write_text("new, half")
             raise ValueError("crash")
     assert Path(d, "a.txt").read_text() == "old" and os.listdir(tmp_path) == ["out"]

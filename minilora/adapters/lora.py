@@ -22,6 +22,8 @@ from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.layers.lora import init_lora_weights, lora_merge, lora_scaling, lora_unmerge
 from minilora.model import LoraModule
 
+MAX_LORA_ALPHA = 1e6      # alpha/r beyond this scales B @ A past any sane weight (1e300 -> inf in float32)
+
 
 @dataclass
 class LoraConfig:
@@ -39,6 +41,8 @@ class LoraConfig:
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = list(self.target_modules)
         check_lora_hparams(self.r, self.lora_alpha, self.lora_dropout)
+        if not isinstance(self.use_rslora, bool):
+            raise MiniLoraError(f"use_rslora must be true or false, got {self.use_rslora!r}")
         _check_targets_and_patterns(self)
         if self.bias != "none":
             raise MiniLoraError(f"bias={self.bias!r} is not supported; use bias='none'")
@@ -50,6 +54,9 @@ def check_lora_hparams(r, alpha, dropout):
         raise MiniLoraError(f"LoRA rank r must be a positive integer, got {r!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < float("inf"):
         raise MiniLoraError(f"lora_alpha must be a positive finite number, got {alpha!r}")
+    if alpha > MAX_LORA_ALPHA:
+        raise MiniLoraError(f"lora_alpha {alpha!r} is out of range (at most {MAX_LORA_ALPHA:g}): the LoRA "
+                            "update would overflow the layer's outputs")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise MiniLoraError(f"lora_dropout must be in [0, 1), got {dropout!r}")
 

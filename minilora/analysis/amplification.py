@@ -42,9 +42,14 @@ def amplification(w, a, b, scale, r: int | None = None, rng=None) -> dict:
     if not 1 <= r <= m:
         raise MiniLoraError(f"r must be in 1..{m}, got {r}")
     w64 = w.astype(xp.float64)
+    if not bool(xp.all(xp.isfinite(w64))):
+        raise MiniLoraError(f"base weight {tuple(w.shape)} holds non-finite values (NaN or inf)")
     proj = u[:, :r].T @ w64 @ vh[:r].T                       # (r, out) @ (out, in) @ (in, r)
     proj_delta = float(xp.linalg.norm(proj))
-    sw = xp.linalg.svd(w64, compute_uv=False)
+    try:
+        sw = xp.linalg.svd(w64, compute_uv=False)
+    except xp.linalg.LinAlgError as e:
+        raise MiniLoraError(f"the SVD of the base weight {tuple(w.shape)} did not converge ({e})") from None
     proj_w = math.sqrt(float(xp.sum(sw[:r] ** 2)))
     rng = xp.random.default_rng(0) if rng is None else rng
     ur, vr = _random_basis(rng, w.shape[0], r, xp), _random_basis(rng, w.shape[1], r, xp)

@@ -15,6 +15,7 @@ from minilora.analysis.subspace import phi_grid_from_bases, right_singular_basis
 from minilora.backend import to_numpy
 from minilora.errors import MiniLoraError
 from minilora.io.atomic import atomic_path, write_json, write_text
+from minilora.io.hf import check_finite_weight
 
 PHI_KINDS = {"A": "right singular vectors of A (the paper's Figures 3-4)",
              "right": "right (input-space) singular vectors of delta W",
@@ -109,6 +110,7 @@ def analyze_adapter(adapter, other=None, weights: dict | None = None, base: str 
             if tuple(w.shape) != (b.shape[0], a.shape[1]):
                 raise MiniLoraError(f"base {base}: {m}.weight has shape {tuple(w.shape)}, the "
                                     f"adapter needs ({b.shape[0]}, {a.shape[1]})")
+            check_finite_weight(w, m + ".weight", f"base {base}")
             ws[m] = w
         summary["amplification"] = {"base": base, "rows": amplification_table(ws, live)}
     return summary, grids

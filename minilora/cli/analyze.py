@@ -56,8 +56,11 @@ def run(args) -> int:
         raise MiniLoraError("--vs and --base go with ADAPTER_DIR")
     if args.max_plots < 1:
         raise MiniLoraError(f"--max-plots must be >= 1, got {args.max_plots}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise MiniLoraError(f"--out {args.out}: exists and is not a folder")
+    from numpy.linalg import LinAlgError
+
+    from minilora.io.destination import check_output_location
+
+    check_output_location(args.out, "folder", what=f"--out {args.out}")     # a writable folder, before the work
     try:
         if args.lab:
             return _lab(args)
@@ -66,6 +69,8 @@ def run(args) -> int:
         return _adapter(args)
     except OSError as e:                                # a write that failed: one line, exit 2
         raise MiniLoraError(f"cannot write {e.filename or args.out}: {e.strerror}") from None
+    except LinAlgError as e:                            # an SVD or QR that did not converge
+        raise MiniLoraError(f"the analysis failed: {e}") from None
 
 
 def _base_weights(adapter, base):

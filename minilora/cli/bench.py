@@ -35,6 +35,10 @@ def run(args) -> int:
         raise MiniLoraError(f"--threads must be >= 1, got {args.threads}")
     from minilora.bench import format_ratios, run_bench
     from minilora.io.atomic import write_json
+    from minilora.io.destination import check_output_location
+
+    if args.json:                                        # before the benchmark, not after it
+        check_output_location(args.json, "file", what=f"--json {args.json}")
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     result = run_bench(args.preset, use_torch=not args.no_torch, threads=args.threads, log=log)

@@ -21,10 +21,12 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from minilora.io.destination import check_output_location
     from minilora.runs.demo import run_demo
 
     if args.workers is not None and args.workers < 1:
         raise MiniLoraError(f"--workers must be >= 1, got {args.workers}")
+    check_output_location(args.out, "folder", what=f"--out {args.out}")     # a folder, writable: before the work
     kw = dict(max_train=480, max_test=90, ranks=(2,)) if args.quick else {}
     run_demo(out_dir=args.out, progress=not args.no_progress, workers=args.workers, **kw)
     return 0

@@ -21,6 +21,8 @@ def run(args) -> int:
 
     if args.steps < 1:
         raise MiniLoraError(f"--steps must be >= 1, got {args.steps}")
+    if args.seed < 0:
+        raise MiniLoraError(f"--seed must be >= 0, got {args.seed}")
     out = run_linear_demo(steps=args.steps, seed=args.seed)
     ok = out["zero_at_init"] and out["losses"][-1] < out["losses"][0] and out["merge_err"] < 1e-10
     return 0 if ok else 1

@@ -70,6 +70,8 @@ def run(args) -> int:
 
     if args.max_new_tokens < 0:
         raise MiniLoraError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.seed < 0:
+        raise MiniLoraError(f"--seed must be >= 0, got {args.seed}")
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.merge and not args.adapter:
         raise MiniLoraError("--merge needs --adapter")

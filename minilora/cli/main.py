@@ -62,21 +62,33 @@ def main(argv=None) -> int:
     # where a second OpenBLAS thread mostly spins, and the demo runs one process per core. This must
     # happen before numpy is first imported (nothing above imports it).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from minilora.io.console import check_stdout, finish_stdout, stdout_error
+
     parser = build_parser()
     try:
+        check_stdout()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        finish_stdout()
+        return code
     except MiniLoraError as e:
-        msg = " ".join(str(e).split())       # one line, even when an argument holds a newline
-        print(f"minilora: error: {msg}", file=sys.stderr)
-        return 2
+        return _fail(e)
+    except OSError as e:                     # a file or standard output that could not be written
+        return _fail(stdout_error(e) or MiniLoraError(f"{e.filename + ': ' if e.filename else ''}"
+                                                      f"{e.strerror or e}"))
     except KeyboardInterrupt as e:
         detail = " ".join(str(e).split())          # a training run says where its checkpoint went
         print(f"minilora: interrupted{'; ' + detail if detail else ''}", file=sys.stderr)
         return 130
+
+
+def _fail(e: MiniLoraError) -> int:
+    msg = " ".join(str(e).split())           # one line, even when an argument holds a newline
+    print(f"minilora: error: {msg}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

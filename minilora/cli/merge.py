@@ -36,7 +36,7 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
 
 
-def merge_folder(base_dir, adapter_dir, out_dir, dtype="auto", max_shard_bytes=None) -> dict:
+def merge_folder(base_dir, adapter_dir, out_dir, dtype="auto", max_shard_bytes=None, overwrite=False) -> dict:
     """Load, merge, check and write; returns {'modules': n merged, 'dtype': written dtype}."""
     from minilora.adapters import merge_lora
     from minilora.io import folder_dtype, from_pretrained, save_pretrained
@@ -48,22 +48,28 @@ def merge_folder(base_dir, adapter_dir, out_dir, dtype="auto", max_shard_bytes=N
     load_adapter(model, adapter_dir)
     report = merge_lora(model)                   # raises, changing nothing, on non-finite merges
     extra = [os.path.join(base_dir, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(base_dir, f))]
-    save_pretrained(model, out_dir, dtype=out_dtype, max_shard_bytes=max_shard_bytes, extra_files=extra)
+    save_pretrained(model, out_dir, dtype=out_dtype, max_shard_bytes=max_shard_bytes, extra_files=extra,
+                    overwrite=overwrite)
     return {"modules": len(report), "dtype": out_dtype}
 
 
 def run(args) -> int:
-    out = os.path.abspath(args.out_dir)
+    from minilora.io.destination import check_output_location
+
+    out = os.path.realpath(args.out_dir)
     for what, d in (("BASE_DIR", args.base_dir), ("ADAPTER_DIR", args.adapter_dir)):
         if not os.path.isdir(d):
             raise MiniLoraError(f"{what} {d}: not a folder")
-        if os.path.abspath(d) == out:
-            raise MiniLoraError(f"OUT_DIR must differ from {what} ({d})")
-    if os.path.exists(out) and not args.force:
+        if os.path.realpath(d) == out:                   # symlinks resolved: a link to the base is the base
+            raise MiniLoraError(f"OUT_DIR must differ from {what} ({d}; symlinks resolved)")
+    if os.path.lexists(args.out_dir) and not args.force:
         raise MiniLoraError(f"OUT_DIR {args.out_dir} exists; pass --force to replace it")
     if args.max_shard_size is not None and args.max_shard_size <= 0:
         raise MiniLoraError(f"--max-shard-size must be positive, got {args.max_shard_size}")
-    info = merge_folder(args.base_dir, args.adapter_dir, args.out_dir, args.dtype, args.max_shard_size)
+    check_output_location(args.out_dir, "model", overwrite=args.force, inputs=(args.base_dir, args.adapter_dir),
+                          what=f"OUT_DIR {args.out_dir}")
+    info = merge_folder(args.base_dir, args.adapter_dir, args.out_dir, args.dtype, args.max_shard_size,
+                        overwrite=args.force)
     print(f"merged {info['modules']} module(s) of {args.adapter_dir} into {args.base_dir} -> "
           f"{args.out_dir} ({info['dtype']})")
     return 0

@@ -22,9 +22,10 @@ Sampling from the last position's logits z (B, V), in transformers' order:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from minilora.backend import array_module
+from minilora.backend import array_module, check_allocation
 from minilora.errors import MiniLoraError
 from minilora.layers.embedding import embedding_forward
 from minilora.layers.linear import linear_forward
@@ -42,6 +43,8 @@ class KVCache:
     def allocate(cls, model, batch: int, capacity: int) -> "KVCache":
         c, xp = model.config, model.xp
         shape = (batch, c.num_key_value_heads, capacity, c.head_dim)
+        nbytes = 2 * c.num_hidden_layers * math.prod(shape) * xp.dtype(model.dtype).itemsize
+        check_allocation(nbytes, f"a KV cache for {capacity:,} positions (batch {batch})", xp)
         return cls([xp.zeros(shape, dtype=model.dtype) for _ in range(c.num_hidden_layers)],
                    [xp.zeros(shape, dtype=model.dtype) for _ in range(c.num_hidden_layers)])
 
@@ -150,6 +153,10 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
         raise MiniLoraError(f"input_ids must be a non-empty (length,) or (batch, length) array, got {ids.shape}")
     eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
     b, t0 = ids.shape
+    if not use_cache and max_new_tokens:                # the last full forward's attention scores
+        t = t0 + max_new_tokens
+        check_allocation(b * model.config.num_attention_heads * t * t * xp.dtype(model.dtype).itemsize,
+                         f"generating {t:,} positions without a KV cache", xp)
     pieces, finished = [ids], xp.zeros(b, dtype=bool)
     cache = None
     if use_cache and max_new_tokens:

@@ -1,70 +1,231 @@
-"""Safe writes: every file is written to a temporary name in its folder and renamed into place,
-so a crash leaves the old file or the new one, never a torn one."""
+"""Safe writes, the one writer: every file and folder is built under a temporary name beside its
+destination and renamed into place, so a crash leaves the old copy or the new one, never a torn one.
+
+A file:   write  .NAME.TAG.tmp  ->  fsync  ->  rename over NAME (one atomic step)
+A folder: build  .NAME.TAG.tmp/ ->  rename to .NAME.TAG.new/ (complete from here on)
+          ->  rename NAME to .NAME.TAG.old/  ->  rename .NAME.TAG.new/ to NAME  ->  remove .old
+A folder cannot be renamed over a non-empty folder, so there is a moment (between the two last
+renames) when NAME is missing. The names say what each leftover is, so recover(NAME), which the
+next write to NAME runs first (and so do the readers of checkpoints, adapters and model folders),
+finishes or undoes an interrupted write:
+    NAME missing, a .new present  ->  the .new becomes NAME (the write is completed)
+    NAME missing, only an .old    ->  the .old becomes NAME again (the write is undone)
+    then every other leftover of NAME (.tmp: incomplete; .new / .old: superseded) is removed.
+TAG is 8 hex digits, so the leftovers of NAME are told apart from those of NAME.x. A name longer
+than 200 bytes is shortened in temporary names (a prefix + a hash), so they fit NAME_MAX (255).
+Two processes writing the same destination at once are not supported (the second one's recovery
+may remove the first one's temporary).
+
+What may be replaced (a model, adapter or checkpoint folder of this project, or anything with
+overwrite=True; never a symlink, device or FIFO) is decided by check_output_location
+(minilora.io.destination), which atomic_dir runs before it creates anything.
+Standard library only: param-calc writes through this module without numpy.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 
+SUFFIXES = (".tmp", ".new", ".old")
+_TAG = 8                       # hex digits of the random part of a temporary name
+_LONG = 200                    # names longer than this (in bytes) are shortened in temporary names
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def _stem(name: str) -> str:
+    """The destination's name as it appears in its temporary names (shortened if long)."""
+    raw = os.fsencode(name)
+    if len(raw) <= _LONG:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    cut = raw[:160].decode("utf-8", "ignore") if isinstance(name, str) else raw[:160]
+    return f"{cut}~{digest}"
+
+
+def temp_name(path: str, suffix: str, tag: str | None = None) -> str:
+    """.NAME.TAG<suffix> beside path (suffix .tmp, .new or .old)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{_stem(name)}.{tag or secrets.token_hex(_TAG // 2)}{suffix}")
+
+
+def leftovers(path) -> dict:
+    """{suffix: [paths]} of the temporaries of interrupted writes to path, oldest first."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    head = f".{_stem(name)}."
+    found = {s: [] for s in SUFFIXES}
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return found
+    for entry in entries:
+        tag, suffix = entry[len(head):-4], entry[-4:]
+        if entry.startswith(head) and suffix in found and len(tag) == _TAG \
+                and all(c in "0123456789abcdef" for c in tag):
+            found[suffix].append(os.path.join(folder, entry))
+    for paths in found.values():
+        paths.sort(key=lambda p: (os.lstat(p).st_mtime_ns, p))
+    return found
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def recover(path) -> str | None:
+    """Finish or undo an interrupted write to path and remove its leftovers (see the module
+    docstring); returns 'completed', 'restored' or None (nothing to finish)."""
+    path = os.path.abspath(os.fspath(path))
+    found = leftovers(path)
+    done = None
+    if not os.path.lexists(path):
+        if found[".new"]:
+            os.replace(found[".new"].pop(), path)          # the newest complete new copy
+            done = "completed"
+        elif found[".old"]:
+            os.replace(found[".old"].pop(), path)          # the newest old copy comes back
+            done = "restored"
+    for paths in found.values():
+        for p in paths:
+            _remove(p)
+    return done
+
+
+def recover_if_missing(path) -> None:
+    """For readers: a missing path whose interrupted write left a copy gets it back (see recover)."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.lexists(path):
+        try:
+            recover(path)
+        except OSError:
+            pass
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_parents(folder) -> list:
+    """os.makedirs(folder), returning the folders it created (deepest last)."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    for d in reversed(missing):
+        os.mkdir(d)
+    return list(reversed(missing))
+
+
+def _remove_created(created: list):
+    for d in reversed(created):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
+def _create_unique(path: str, suffix: str, make) -> str:
+    while True:
+        tmp = temp_name(path, suffix)
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _new_file(tmp):
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))     # the umask applies
 
 
 @contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
+def atomic_path(path, overwrite: bool = True):
+    """Yield a temporary file path beside `path`; on success it is fsynced and renamed over `path`.
+
+    An existing regular file is replaced (overwrite=False refuses it); a folder, symlink, device
+    or FIFO at `path` is refused (MiniLoraError) before anything is created. Folders on the way
+    are created, and removed again if the write fails.
+    """
+    from minilora.io.destination import check_output_location
+
+    path = check_output_location(path, "file", overwrite=overwrite)
+    created = _make_parents(os.path.dirname(path))
+    tmp = None
     try:
+        recover(path)
+        tmp = _create_unique(path, ".tmp", _new_file)
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())         # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path))
+    except BaseException:
+        if tmp is not None and os.path.lexists(tmp):
+            _remove(tmp)
+        _remove_created(created)
+        raise
 
 
-def write_text(path, text: str):
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+def write_text(path, text: str, overwrite: bool = True):
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
 
 
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json(path, obj, overwrite: bool = True):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
 
 
 @contextmanager
-def atomic_dir(path):
+def atomic_dir(path, kind: str | None = None, overwrite: bool = False):
     """Yield a temporary folder beside `path`; on success it replaces `path` as a whole.
 
-    An existing folder at `path` is moved aside first and removed only after the new one is in
-    place, so an interruption leaves either the old folder or the new one.
+    kind ('model', 'adapter', 'checkpoint' or None): an existing folder at `path` is replaced only
+    if it is empty, is a folder of that kind (recognised by its files), or overwrite=True; anything
+    else (and always a file, symlink, device or FIFO) raises MiniLoraError before anything is
+    created. The old folder is removed only after the new one is in place; an interruption at any
+    point leaves the old folder or the new one (after recover(path), which the next write runs).
     """
-    path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    from minilora.io.destination import check_output_location
+
+    path = check_output_location(path, kind or "folder-replace", overwrite=overwrite)
+    created = _make_parents(os.path.dirname(path))
+    tmp = new = old = None
     try:
+        tmp = _create_unique(path, ".tmp", os.mkdir)
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
-            os.rmdir(old)
+        new = tmp[:-4] + ".new"
+        os.replace(tmp, new)                        # complete: a rerun may install it
+        tmp = None
+        if os.path.lexists(path):
+            old = new[:-4] + ".old"
             os.replace(path, old)
-        os.replace(tmp, path)
+        os.replace(new, path)
+        new = None
+        _fsync_dir(os.path.dirname(path))
         if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(old)
+    except BaseException:
+        if old and not os.path.lexists(path) and os.path.lexists(old):
+            os.replace(old, path)                   # put the old folder back
+        for p in (tmp, new):
+            if p and os.path.lexists(p):
+                _remove(p)
+        _remove_created(created)
+        raise

@@ -258,6 +258,7 @@ def read_gguf(path, dtype="float32"):
 def from_gguf(path, dtype="float32", xp=None, seed: int = 0):
     """A LlamaForCausalLM from a llama GGUF file (read_gguf), its arrays placed on xp (default numpy)."""
     from minilora.backend import asarray, get_xp
+    from minilora.io.hf import check_finite_weight
     from minilora.model import LlamaForCausalLM
 
     try:
@@ -267,5 +268,7 @@ def from_gguf(path, dtype="float32", xp=None, seed: int = 0):
     if dtype not in ("float32", "float64", "float16"):
         raise MiniLoraError(f"dtype must be float32, float64 or float16, got {dtype!r}")
     config, params, _ = read_gguf(path, dtype=dtype)
+    for name, arr in params.items():                 # NaN or inf in a weight: refused, named
+        check_finite_weight(arr, name, path)
     xp = get_xp("numpy") if xp is None else xp
     return LlamaForCausalLM(config, {k: asarray(v, xp) for k, v in params.items()}, seed=seed)

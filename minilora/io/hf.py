@@ -20,16 +20,18 @@ import shutil
 
 import numpy as np
 
-from minilora.backend import asarray, get_xp, to_numpy
+from minilora.backend import array_module, asarray, check_allocation, get_xp, to_numpy
 from minilora.errors import MiniLoraError
-from minilora.io.atomic import atomic_dir, atomic_path, write_json
+from minilora.io.atomic import atomic_dir, atomic_path, recover_if_missing, write_json
+from minilora.io.destination import check_output_location
 from minilora.io.hf_config import config_dtype, config_from_hf, config_to_hf
-from minilora.io.jsonfile import read_json
+from minilora.io.jsonfile import check_regular_file, read_json
 
 __all__ = ["read_json", "config_from_hf", "config_to_hf", "save_safetensors", "load_safetensors",
            "load_weights", "from_pretrained", "save_pretrained", "bf16_bits", "bf16_to_float32"]
 
 FILE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+CONFIG_MAX_BYTES = 1 << 20          # a config.json is a few KB; more is not a config
 _NP_KINDS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
              "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
@@ -72,8 +74,11 @@ def _open_header(path):
     """{name: (dtype code, shape)} through safetensors (which validates the file)."""
     from safetensors import SafetensorError, safe_open
 
-    if not os.path.isfile(path):
-        raise MiniLoraError(f"{path}: file not found")
+    check_regular_file(path, None, "file")
+    try:                                  # safetensors reports a permission error as "No such file"
+        open(path, "rb").close()
+    except OSError as e:
+        raise MiniLoraError(f"{path}: cannot read ({e.strerror})") from None
     try:
         with safe_open(path, framework="np") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
@@ -159,10 +164,12 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
         from minilora.io.gguf import from_gguf
         return from_gguf(folder, dtype=dtype, xp=xp, seed=seed)
     xp = get_xp("numpy") if xp is None else xp
+    recover_if_missing(folder)
     if not os.path.isdir(folder):
         raise MiniLoraError(f"{folder}: not a folder")
     cfg_path = os.path.join(folder, "config.json")
-    config = config_from_hf(read_json(cfg_path), cfg_path)
+    config = config_from_hf(read_json(cfg_path, max_bytes=CONFIG_MAX_BYTES), cfg_path)
+    _check_size(config, folder, dtype, xp)
     tensors = load_weights(folder)
     expected = config.param_shapes()
     if config.tie_word_embeddings:
@@ -182,8 +189,30 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
             raise MiniLoraError(f"{folder}: weight {name} has shape {tuple(arr.shape)}, config needs {tuple(shape)}")
         if arr.dtype.kind != "f":
             raise MiniLoraError(f"{folder}: weight {name} has dtype {arr.dtype}, expected a float type")
+        check_finite_weight(arr, name, folder)
         params[name] = asarray(np.asarray(arr).astype(dtype), xp)
     return LlamaForCausalLM(config, params, seed=seed)
+
+
+def check_finite_weight(arr, name: str, where) -> None:
+    """MiniLoraError naming the weight if it holds a NaN or an infinity (it would poison every output)."""
+    xp = array_module(arr)
+    finite = xp.isfinite(arr)
+    if not bool(xp.all(finite)):
+        bad = int(arr.size - int(xp.count_nonzero(finite)))
+        raise MiniLoraError(f"{where}: weight {name} holds {bad} non-finite value(s) (NaN or inf); refusing to load it")
+
+
+def _check_size(config, folder, dtype, xp):
+    """Before anything is allocated: the config's parameter count must fit in memory and in the files."""
+    n = config.num_parameters()
+    check_allocation(n * np.dtype(dtype).itemsize, f"{folder}: the model config.json describes ({n:,} parameters)",
+                     xp)
+    held = sum(len(_open_header(path)) for path in _weight_files(folder))
+    layers = config.num_hidden_layers
+    if layers > held:                                  # every layer has 9 tensors: no need to list them
+        raise MiniLoraError(f"{folder}: config.json describes {layers:,} layers, but the weight files hold only "
+                            f"{held:,} tensors")
 
 
 def folder_dtype(folder) -> str:
@@ -198,15 +227,18 @@ def folder_dtype(folder) -> str:
     return "float32"
 
 
-def save_pretrained(model, folder, dtype=None, max_shard_bytes: int | None = None, extra_files=()):
+def save_pretrained(model, folder, dtype=None, max_shard_bytes: int | None = None, extra_files=(),
+                    overwrite: bool = False):
     """Write config.json + model.safetensors (or shards + index) for `model`, atomically.
 
     Saves the base weights (the merged ones if the adapter is merged; LoRA factors never: those go
     to save_adapter). dtype: one of float32, float16, bfloat16, float64 (default: the model's).
     max_shard_bytes: split into model-0000i-of-0000n.safetensors with model.safetensors.index.json.
     extra_files: paths copied into the folder as well (e.g. a tokenizer.json).
-    Raises MiniLoraError, writing nothing, if a weight is not finite after the cast.
+    Raises MiniLoraError, writing nothing, if a weight is not finite after the cast, or if `folder`
+    exists and is not a model folder (unless overwrite=True; see minilora.io.destination).
     """
+    check_output_location(folder, "model", overwrite=overwrite, inputs=extra_files)
     dtype = str(dtype or np.dtype(model.dtype).name)
     if dtype not in FILE_DTYPES:
         raise MiniLoraError(f"cannot save as {dtype!r}; choose one of {', '.join(FILE_DTYPES)}")
@@ -227,7 +259,7 @@ def save_pretrained(model, folder, dtype=None, max_shard_bytes: int | None = Non
     for path in extra_files:
         if not os.path.isfile(path):
             raise MiniLoraError(f"{path}: file not found")
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "model", overwrite=overwrite) as tmp:
         write_json(os.path.join(tmp, "config.json"), config_to_hf(model.config, dtype))
         for fname, names in shards.items():
             save_safetensors(os.path.join(tmp, fname), {n: tensors[n] for n in names},

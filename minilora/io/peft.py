@@ -23,7 +23,8 @@ import numpy as np
 from minilora.adapters import LoraConfig, adapter_names, get_adapter, install_adapter, pattern_value, plan_lora
 from minilora.backend import array_module, asarray, to_numpy
 from minilora.errors import MiniLoraError
-from minilora.io.atomic import atomic_dir, write_json
+from minilora.io.atomic import atomic_dir, recover_if_missing, write_json
+from minilora.io.destination import check_output_location
 from minilora.io.hf import load_safetensors, save_safetensors
 from minilora.io.jsonfile import read_json
 from minilora.layers.lora import lora_scaling
@@ -63,8 +64,14 @@ def adapter_config_dict(model, base_model_name_or_path: str = "", adapter_name: 
     }
 
 
-def save_adapter(model, folder, base_model_name_or_path: str = "", adapter_name: str | None = None):
-    """Write one adapter (default: the active one) as a PEFT folder, atomically (the folder appears whole)."""
+def save_adapter(model, folder, base_model_name_or_path: str = "", adapter_name: str | None = None,
+                 overwrite: bool = False):
+    """Write one adapter (default: the active one) as a PEFT folder, atomically (the folder appears whole).
+
+    An existing `folder` is replaced only if it is an adapter folder (or empty), or with overwrite=True
+    (minilora.io.destination); anything else raises MiniLoraError before anything is written.
+    """
+    check_output_location(folder, "adapter", overwrite=overwrite)
     if not adapter_names(model):
         raise MiniLoraError("the model has no adapter to save")
     st = get_adapter(model, model.adapters.active if adapter_name is None else adapter_name)
@@ -73,7 +80,7 @@ def save_adapter(model, folder, base_model_name_or_path: str = "", adapter_name:
     if bad:
         raise MiniLoraError(f"adapter tensor {bad[0]} holds non-finite values; nothing written")
     config = adapter_config_dict(model, base_model_name_or_path, adapter_name)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "adapter", overwrite=overwrite) as tmp:
         write_json(os.path.join(tmp, CONFIG_FILE), config)
         save_safetensors(os.path.join(tmp, WEIGHTS_FILE), tensors)
 
@@ -87,6 +94,12 @@ def read_adapter_config(folder) -> LoraConfig:
     for k in ("r", "lora_alpha", "target_modules"):
         if k not in d:
             raise MiniLoraError(f"{path}: missing field {k}")
+    for k in ("use_rslora", "fan_in_fan_out", "inference_mode"):
+        if d.get(k) is not None and not isinstance(d[k], bool):
+            raise MiniLoraError(f"{path}: {k} must be true or false, got {d[k]!r}")
+    for k in ("rank_pattern", "alpha_pattern"):
+        if d.get(k) is not None and not isinstance(d[k], dict):
+            raise MiniLoraError(f"{path}: {k} must be an object {{module: value}}, got {d[k]!r}")
     if d.get("fan_in_fan_out"):
         raise MiniLoraError(f"{path}: fan_in_fan_out=true (Conv1D layouts) is not supported for Llama")
     for k, fine in _UNSUPPORTED.items():
@@ -101,7 +114,7 @@ def read_adapter_config(folder) -> LoraConfig:
         raise MiniLoraError(f"{path}: target_modules is empty")
     try:
         return LoraConfig(r=d["r"], lora_alpha=d["lora_alpha"], target_modules=targets,
-                          lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=bool(d.get("use_rslora")),
+                          lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=d.get("use_rslora") or False,
                           init_lora_weights=_INITS[init], rank_pattern=d.get("rank_pattern") or {},
                           alpha_pattern=d.get("alpha_pattern") or {}, bias=d.get("bias", "none") or "none")
     except MiniLoraError as e:
@@ -148,6 +161,7 @@ def natural_key(name: str):
 
 
 def _config_path(folder: str) -> str:
+    recover_if_missing(folder)                     # a save killed between its renames: finish it
     if not os.path.isdir(folder):
         raise MiniLoraError(f"{folder}: no such adapter folder")
     path = os.path.join(folder, "adapter_config.json")

@@ -28,7 +28,7 @@ import numpy as np
 
 from minilora.backend import to_numpy
 from minilora.errors import MiniLoraError
-from minilora.io.atomic import atomic_dir, write_json
+from minilora.io.atomic import atomic_dir, recover_if_missing, write_json
 
 FORMAT = "minilora-train-checkpoint"
 VERSION = 1
@@ -94,12 +94,13 @@ def _check_finite(arrays: dict, what: str):
                                 "(the previous checkpoint is kept)")
 
 
-def save_checkpoint(folder, params: dict, optimizer: dict, state: dict, rng=None):
+def save_checkpoint(folder, params: dict, optimizer: dict, state: dict, rng=None, overwrite: bool = False):
     """Write a checkpoint folder atomically; returns the folder.
 
     params: {trainable name: array}; optimizer: AdamW.state_dict(); state: JSON-able dict;
     rng: rng_snapshot(...) of the dropout generator (stored in state.json, or as bytes for CuPy).
-    Non-finite parameters or moments raise MiniLoraError and leave any previous checkpoint as it was.
+    Non-finite parameters or moments raise MiniLoraError and leave any previous checkpoint as it was;
+    so does a `folder` that exists and is not a checkpoint (unless overwrite=True).
     """
     from minilora.io import save_safetensors
 
@@ -115,7 +116,7 @@ def save_checkpoint(folder, params: dict, optimizer: dict, state: dict, rng=None
             state["rng"] = {k: v for k, v in rng.items() if k != "state"}
         else:
             state["rng"] = rng
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "checkpoint", overwrite=overwrite) as tmp:
         save_safetensors(os.path.join(tmp, TRAINABLE), host_p, metadata={"format": "np"})
         save_safetensors(os.path.join(tmp, OPTIMIZER), host_o, metadata={"format": "np"})
         if rng_arrays:
@@ -129,6 +130,7 @@ def load_checkpoint(folder) -> Checkpoint:
     from minilora.io import load_safetensors, read_json
 
     folder = os.fspath(folder)
+    recover_if_missing(folder)                      # a save killed between its renames: finish it
     if not os.path.isdir(folder):
         raise MiniLoraError(f"{folder}: no such checkpoint folder")
     state_path = os.path.join(folder, STATE)
@@ -154,12 +156,32 @@ def load_checkpoint(folder) -> Checkpoint:
         raise MiniLoraError(f"{state_path}: field 'rng' must be an object")
     params = load_safetensors(os.path.join(folder, TRAINABLE))
     optimizer = load_safetensors(os.path.join(folder, OPTIMIZER))
+    _check_arrays(folder, params, optimizer)
     rng = {}
     if isinstance(state.get("rng"), dict) and state["rng"].get("backend") == "cupy":
         rng = load_safetensors(os.path.join(folder, RNG))
         if "cupy_state" not in rng:
             raise MiniLoraError(f"{folder}: {RNG} lacks cupy_state")
     return Checkpoint(state, params, optimizer, rng)
+
+
+def _check_arrays(folder, params: dict, optimizer: dict):
+    """Every tensor finite (named if not); moments 'm.<name>' / 'v.<name>' of trainable names, shaped
+    like their parameter, second moments >= 0."""
+    for fname, arrays in ((TRAINABLE, params), (OPTIMIZER, optimizer)):
+        for name, a in arrays.items():
+            if a.dtype.kind != "f":
+                raise MiniLoraError(f"{folder}: {fname}: {name} has dtype {a.dtype}; expected floats")
+            if not np.all(np.isfinite(a)):
+                raise MiniLoraError(f"{folder}: {fname}: {name} holds non-finite values; not a good checkpoint")
+    for key, a in optimizer.items():
+        kind, name = key[:2], key[2:]
+        if kind not in ("m.", "v.") or name not in params:
+            raise MiniLoraError(f"{folder}: {OPTIMIZER}: unexpected entry {key}")
+        if a.shape != params[name].shape:
+            raise MiniLoraError(f"{folder}: {OPTIMIZER}: {key} has shape {a.shape}, its parameter {params[name].shape}")
+        if kind == "v." and np.any(a < 0):
+            raise MiniLoraError(f"{folder}: {OPTIMIZER}: {key} holds negative second moments")
 
 
 def checkpoint_rng(ckpt: Checkpoint):

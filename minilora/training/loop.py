@@ -25,12 +25,13 @@ import numbers
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from minilora.backend import asarray, to_numpy
+from minilora.backend import asarray, backend_name, to_numpy
 from minilora.data.batching import iterate_batches, num_batches
 from minilora.errors import MiniLoraError, MiniLoraStateError
+from minilora.io.destination import check_output_location
 from minilora.training.checkpoint import checkpoint_rng, load_checkpoint, rng_restore, rng_snapshot, save_checkpoint
 from minilora.training.optim import AdamW, clip_grad_norm, cosine_schedule
 
@@ -170,6 +171,13 @@ def _restore(model, opt: AdamW, ckpt, where):
     opt.load_state_dict(moments, step_count=ckpt.state["optimizer_step"])
 
 
+def _quiet_overflow(model):
+    """NumPy's overflow / invalid-value warnings off (the loss check reports a non-finite step)."""
+    if backend_name(model.xp) == "numpy":
+        return model.xp.errstate(over="ignore", invalid="ignore", divide="ignore")
+    return nullcontext()
+
+
 @contextmanager
 def _hold_interrupt():
     """Hold Ctrl-C until the block ends (main thread only), so an update or save is never torn."""
@@ -283,6 +291,8 @@ def _check_args(model, examples, cfg, checkpoint_dir, checkpoint_every):
         raise MiniLoraError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
     if checkpoint_every and checkpoint_dir is None:
         raise MiniLoraError("checkpoint_every needs a checkpoint_dir")
+    if checkpoint_dir is not None:                       # before training, not at the first save
+        check_output_location(checkpoint_dir, "checkpoint", what=f"checkpoint folder {checkpoint_dir}")
 
 
 def _prepare(model, examples, cfg, checkpoint_dir, resume_from) -> _Run:
@@ -306,6 +316,7 @@ def _resume(run: _Run, resume_from):
             or (pos[0] == cfg.num_epochs and pos[1]) or ckpt.state["step"] != len(ckpt.state["losses"]):
         raise MiniLoraError(f"{resume_from}: inconsistent checkpoint position "
                             f"(step {ckpt.state['step']}, epoch {pos[0]}, batch {pos[1]})")
+    _check_counters(ckpt.state, run, pos, resume_from)
     _restore(run.model, run.opt, ckpt, resume_from)
     run.pos = pos
     result.losses = [float(x) for x in ckpt.state["losses"]]
@@ -314,10 +325,24 @@ def _resume(run: _Run, resume_from):
     result.checkpoint = str(resume_from)
 
 
+def _check_counters(state: dict, run: _Run, pos, where):
+    """The step counters of a checkpoint agree with each other and with its data position."""
+    per_epoch = math.ceil(run.n_micro_epoch / run.cfg.gradient_accumulation_steps)
+    want = pos[0] * per_epoch + pos[1] // run.cfg.gradient_accumulation_steps
+    counters = {"step": state["step"], "optimizer_step": state["optimizer_step"],
+                "schedule_step": state.get("schedule_step", want), "total_steps": state.get("total_steps", run.n_total)}
+    for key, value in counters.items():
+        expected = run.n_total if key == "total_steps" else want
+        if value != expected:
+            raise MiniLoraError(f"{where}: inconsistent checkpoint: {key} is {value!r}, but epoch {pos[0]}, batch "
+                                f"{pos[1]} means {expected} (the state was edited or is corrupt)")
+
+
 def _micro_batch(run: _Run, ids, labels, epoch: int, k: int) -> bool:
     """Forward and backward of one micro-batch into run.accum; True when an optimizer step is due."""
     model = run.model
-    loss, grads = model.loss_and_grads(asarray(ids, model.xp), asarray(labels, model.xp))
+    with _quiet_overflow(model):                         # a NaN run: one error below, not 40 warnings
+        loss, grads = model.loss_and_grads(asarray(ids, model.xp), asarray(labels, model.xp))
     lv = float(loss)                                     # the one host read per micro-batch
     if not math.isfinite(lv):
         raise MiniLoraError(_fault(f"non-finite loss ({lv})", run.result, epoch, k, run.checkpoint_dir))
@@ -333,7 +358,8 @@ def _optimizer_step(run: _Run, epoch: int, k: int, last_in_epoch: bool):
     cfg, result = run.cfg, run.result
     for g in run.accum.values():
         g *= 1.0 / run.micro
-    norm = clip_grad_norm(run.accum, cfg.max_grad_norm)
+    with _quiet_overflow(run.model):
+        norm = clip_grad_norm(run.accum, cfg.max_grad_norm)
     if not math.isfinite(norm):
         raise MiniLoraError(_fault(f"non-finite gradient norm ({norm})", result, epoch, k, run.checkpoint_dir))
     lr = cfg.learning_rate * cosine_schedule(result.steps, run.n_total, run.warmup, cfg.min_lr_ratio)
