@@ -154,3 +154,14 @@ def check_allocation(nbytes: int, what: str, xp=None) -> None:
     if avail is not None and nbytes > avail:
         raise MiniLoraError(f"{what} needs {format_bytes(nbytes)}, more than the {format_bytes(avail)} of memory "
                             "available; nothing was allocated")
+
+
+def check_finite_weight(arr, name: str, where) -> None:
+    """MiniLoraError naming the weight if it holds a NaN or an infinity (it would poison every output)."""
+    from minilora.errors import MiniLoraError
+
+    xp = array_module(arr)
+    finite = xp.isfinite(arr)
+    if not bool(xp.all(finite)):
+        bad = int(arr.size - int(xp.count_nonzero(finite)))
+        raise MiniLoraError(f"{where}: weight {name} holds {bad} non-finite value(s) (NaN or inf); refusing to load it")

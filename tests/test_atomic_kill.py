@@ -34,7 +34,7 @@ from minilora.io.peft import save_adapter
 from minilora.model import LlamaForCausalLM
 
 dest, point, scales = sys.argv[1], sys.argv[2], [float(s) for s in sys.argv[3].split(",")]
-real_replace, real_remove, files = os.replace, atomic._remove, [0]
+real_replace, real_remove, files = os.replace, atomic.remove_path, [0]
 
 def kind(src, dst):
     src, dst = str(src), str(dst)
@@ -64,7 +64,7 @@ def remove(p):
         die()
     real_remove(p)
 
-os.replace, atomic._remove = replace, remove
+os.replace, atomic.remove_path = replace, remove
 cfg = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
 m = LlamaForCausalLM.init(cfg, seed=0)

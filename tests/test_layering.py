@@ -35,8 +35,8 @@ LAYERS = [
     ("cli", "__main__", "__init__"),      # the commands; the package's lazy public names
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
-PARAM_CALC_MAY_USE = {"minilora.errors", "minilora.io.atomic", "minilora.io.jsonfile", "minilora.runs.finlora",
-                      "minilora.runs.registry"}
+PARAM_CALC_MAY_USE = {"minilora.errors", "minilora.io.atomic", "minilora.io.jsonfile", "minilora.io.console",
+                      "minilora.io.destination", "minilora.runs.finlora", "minilora.runs.registry"}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -12,10 +12,9 @@ from minilora.analysis.amplification import amplification_table
 from minilora.analysis.plots import save_phi_heatmaps, save_spectra
 from minilora.analysis.spectra import lowrank_svd, module_spectra
 from minilora.analysis.subspace import phi_grid_from_bases, right_singular_basis
-from minilora.backend import to_numpy
+from minilora.backend import check_finite_weight, to_numpy
 from minilora.errors import MiniLoraError
 from minilora.io.atomic import atomic_path, write_json, write_text
-from minilora.io.hf import check_finite_weight
 
 PHI_KINDS = {"A": "right singular vectors of A (the paper's Figures 3-4)",
              "right": "right (input-space) singular vectors of delta W",

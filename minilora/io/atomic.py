@@ -5,7 +5,8 @@ A file:   write  .NAME.TAG.tmp  ->  fsync  ->  rename over NAME (one atomic step
 A folder: build  .NAME.TAG.tmp/ ->  rename to .NAME.TAG.new/ (complete from here on)
           ->  rename NAME to .NAME.TAG.old/  ->  rename .NAME.TAG.new/ to NAME  ->  remove .old
 A folder cannot be renamed over a non-empty folder, so there is a moment (between the two last
-renames) when NAME is missing. The names say what each leftover is, so recover(NAME), which the
+renames) when NAME is missing. The names (minilora.io.journal) say what each leftover is, so
+recover(NAME), which the
 next write to NAME runs first (and so do the readers of checkpoints, adapters and model folders),
 finishes or undoes an interrupted write:
     NAME missing, a .new present  ->  the .new becomes NAME (the write is completed)
@@ -23,87 +24,19 @@ Standard library only: param-calc writes through this module without numpy.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
-import shutil
 from contextlib import contextmanager
 
-SUFFIXES = (".tmp", ".new", ".old")
-_TAG = 8                       # hex digits of the random part of a temporary name
-_LONG = 200                    # names longer than this (in bytes) are shortened in temporary names
-
-
-def _stem(name: str) -> str:
-    """The destination's name as it appears in its temporary names (shortened if long)."""
-    raw = os.fsencode(name)
-    if len(raw) <= _LONG:
-        return name
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    cut = raw[:160].decode("utf-8", "ignore") if isinstance(name, str) else raw[:160]
-    return f"{cut}~{digest}"
-
-
-def temp_name(path: str, suffix: str, tag: str | None = None) -> str:
-    """.NAME.TAG<suffix> beside path (suffix .tmp, .new or .old)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{_stem(name)}.{tag or secrets.token_hex(_TAG // 2)}{suffix}")
-
-
-def leftovers(path) -> dict:
-    """{suffix: [paths]} of the temporaries of interrupted writes to path, oldest first."""
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    head = f".{_stem(name)}."
-    found = {s: [] for s in SUFFIXES}
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return found
-    for entry in entries:
-        tag, suffix = entry[len(head):-4], entry[-4:]
-        if entry.startswith(head) and suffix in found and len(tag) == _TAG \
-                and all(c in "0123456789abcdef" for c in tag):
-            found[suffix].append(os.path.join(folder, entry))
-    for paths in found.values():
-        paths.sort(key=lambda p: (os.lstat(p).st_mtime_ns, p))
-    return found
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def recover(path) -> str | None:
-    """Finish or undo an interrupted write to path and remove its leftovers (see the module
-    docstring); returns 'completed', 'restored' or None (nothing to finish)."""
-    path = os.path.abspath(os.fspath(path))
-    found = leftovers(path)
-    done = None
-    if not os.path.lexists(path):
-        if found[".new"]:
-            os.replace(found[".new"].pop(), path)          # the newest complete new copy
-            done = "completed"
-        elif found[".old"]:
-            os.replace(found[".old"].pop(), path)          # the newest old copy comes back
-            done = "restored"
-    for paths in found.values():
-        for p in paths:
-            _remove(p)
-    return done
-
-
-def recover_if_missing(path) -> None:
-    """For readers: a missing path whose interrupted write left a copy gets it back (see recover)."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.lexists(path):
-        try:
-            recover(path)
-        except OSError:
-            pass
+from minilora.io.destination import check_output_location
+from minilora.io.journal import (  # noqa: F401  (recover, leftovers, temp_name: part of the writer's API)
+    SUFFIXES,
+    leftovers,
+    recover,
+    recover_if_missing,
+    remove_path,
+    temp_name,
+)
 
 
 def _fsync_dir(folder):
@@ -163,8 +96,6 @@ def atomic_path(path, overwrite: bool = True):
     or FIFO at `path` is refused (MiniLoraError) before anything is created. Folders on the way
     are created, and removed again if the write fails.
     """
-    from minilora.io.destination import check_output_location
-
     path = check_output_location(path, "file", overwrite=overwrite)
     created = _make_parents(os.path.dirname(path))
     tmp = None
@@ -178,7 +109,7 @@ def atomic_path(path, overwrite: bool = True):
         _fsync_dir(os.path.dirname(path))
     except BaseException:
         if tmp is not None and os.path.lexists(tmp):
-            _remove(tmp)
+            remove_path(tmp)
         _remove_created(created)
         raise
 
@@ -202,8 +133,6 @@ def atomic_dir(path, kind: str | None = None, overwrite: bool = False):
     created. The old folder is removed only after the new one is in place; an interruption at any
     point leaves the old folder or the new one (after recover(path), which the next write runs).
     """
-    from minilora.io.destination import check_output_location
-
     path = check_output_location(path, kind or "folder-replace", overwrite=overwrite)
     created = _make_parents(os.path.dirname(path))
     tmp = new = old = None
@@ -220,12 +149,12 @@ def atomic_dir(path, kind: str | None = None, overwrite: bool = False):
         new = None
         _fsync_dir(os.path.dirname(path))
         if old:
-            _remove(old)
+            remove_path(old)
     except BaseException:
         if old and not os.path.lexists(path) and os.path.lexists(old):
             os.replace(old, path)                   # put the old folder back
         for p in (tmp, new):
             if p and os.path.lexists(p):
-                _remove(p)
+                remove_path(p)
         _remove_created(created)
         raise

@@ -23,7 +23,7 @@ import re
 import stat
 
 from minilora.errors import MiniLoraError
-from minilora.io.atomic import recover, temp_name
+from minilora.io.journal import recover, temp_name
 
 KINDS = ("file", "folder", "folder-replace", "model", "adapter", "checkpoint")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

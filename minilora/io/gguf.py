@@ -257,8 +257,7 @@ def read_gguf(path, dtype="float32"):
 
 def from_gguf(path, dtype="float32", xp=None, seed: int = 0):
     """A LlamaForCausalLM from a llama GGUF file (read_gguf), its arrays placed on xp (default numpy)."""
-    from minilora.backend import asarray, get_xp
-    from minilora.io.hf import check_finite_weight
+    from minilora.backend import asarray, check_finite_weight, get_xp
     from minilora.model import LlamaForCausalLM
 
     try:

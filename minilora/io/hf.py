@@ -20,7 +20,7 @@ import shutil
 
 import numpy as np
 
-from minilora.backend import array_module, asarray, check_allocation, get_xp, to_numpy
+from minilora.backend import asarray, check_allocation, check_finite_weight, get_xp, to_numpy
 from minilora.errors import MiniLoraError
 from minilora.io.atomic import atomic_dir, atomic_path, recover_if_missing, write_json
 from minilora.io.destination import check_output_location
@@ -192,15 +192,6 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
         check_finite_weight(arr, name, folder)
         params[name] = asarray(np.asarray(arr).astype(dtype), xp)
     return LlamaForCausalLM(config, params, seed=seed)
-
-
-def check_finite_weight(arr, name: str, where) -> None:
-    """MiniLoraError naming the weight if it holds a NaN or an infinity (it would poison every output)."""
-    xp = array_module(arr)
-    finite = xp.isfinite(arr)
-    if not bool(xp.all(finite)):
-        bad = int(arr.size - int(xp.count_nonzero(finite)))
-        raise MiniLoraError(f"{where}: weight {name} holds {bad} non-finite value(s) (NaN or inf); refusing to load it")
 
 
 def _check_size(config, folder, dtype, xp):

@@ -89,17 +89,31 @@ def read_adapter_config(folder) -> LoraConfig:
     """LoraConfig from a PEFT adapter_config.json; unsupported PEFT features raise, naming the field."""
     path = os.path.join(folder, CONFIG_FILE)
     d = read_json(path)
+    _check_config_fields(d, path)
+    init = d.get("init_lora_weights", True)
+    targets = d["target_modules"]
+    try:
+        return LoraConfig(r=d["r"], lora_alpha=d["lora_alpha"], target_modules=targets,
+                          lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=d.get("use_rslora") or False,
+                          init_lora_weights=_INITS[init], rank_pattern=d.get("rank_pattern") or {},
+                          alpha_pattern=d.get("alpha_pattern") or {}, bias=d.get("bias", "none") or "none")
+    except MiniLoraError as e:
+        raise MiniLoraError(f"{path}: {e}") from None
+
+
+def _check_config_fields(d: dict, path: str):
+    """One clear error for a field of adapter_config.json that is missing, mistyped or unsupported."""
     if d.get("peft_type", "LORA") != "LORA":
         raise MiniLoraError(f"{path}: peft_type {d.get('peft_type')!r} is not LORA")
     for k in ("r", "lora_alpha", "target_modules"):
         if k not in d:
             raise MiniLoraError(f"{path}: missing field {k}")
-    for k in ("use_rslora", "fan_in_fan_out", "inference_mode"):
-        if d.get(k) is not None and not isinstance(d[k], bool):
-            raise MiniLoraError(f"{path}: {k} must be true or false, got {d[k]!r}")
-    for k in ("rank_pattern", "alpha_pattern"):
-        if d.get(k) is not None and not isinstance(d[k], dict):
-            raise MiniLoraError(f"{path}: {k} must be an object {{module: value}}, got {d[k]!r}")
+    for k, kind, what in (("use_rslora", bool, "true or false"), ("fan_in_fan_out", bool, "true or false"),
+                          ("inference_mode", bool, "true or false"),
+                          ("rank_pattern", dict, "an object {module: value}"),
+                          ("alpha_pattern", dict, "an object {module: value}")):
+        if d.get(k) is not None and not isinstance(d[k], kind):
+            raise MiniLoraError(f"{path}: {k} must be {what}, got {d[k]!r}")
     if d.get("fan_in_fan_out"):
         raise MiniLoraError(f"{path}: fan_in_fan_out=true (Conv1D layouts) is not supported for Llama")
     for k, fine in _UNSUPPORTED.items():
@@ -112,13 +126,6 @@ def read_adapter_config(folder) -> LoraConfig:
     targets = d["target_modules"]
     if isinstance(targets, (list, tuple)) and not targets:
         raise MiniLoraError(f"{path}: target_modules is empty")
-    try:
-        return LoraConfig(r=d["r"], lora_alpha=d["lora_alpha"], target_modules=targets,
-                          lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=d.get("use_rslora") or False,
-                          init_lora_weights=_INITS[init], rank_pattern=d.get("rank_pattern") or {},
-                          alpha_pattern=d.get("alpha_pattern") or {}, bias=d.get("bias", "none") or "none")
-    except MiniLoraError as e:
-        raise MiniLoraError(f"{path}: {e}") from None
 
 
 def load_adapter(model, folder, seed: int = 0, adapter_name: str = "default") -> LoraConfig:
