@@ -244,9 +244,18 @@ def build(standin, module_type):
         def outer(self, *args, **kwargs):
             return self._method("outer", args, kwargs)
 
+    def stable(qual, spec, args, kwargs):
+        """sort / argsort: CuPy's are always stable and take kind None or 'stable' only."""
+        bound = signature(spec).bind(*args, **kwargs).arguments
+        if bound.get("kind") not in (None, "stable"):
+            raise ValueError("kind can only be None or 'stable'")
+        return (), {**bound, "kind": "stable"}
+
     def function(qual, np_func, spec, host_in=False):
         def f(*args, **kwargs):
             check_call(qual, spec, args, kwargs)
+            if qual.rpartition(".")[2] in ("sort", "argsort"):
+                args, kwargs = stable(qual, spec, args, kwargs)
             if host_in:
                 return np_func(*args, **kwargs)
             return wrap(np_func(*[device_arg(x, qual) for x in args],
@@ -257,6 +266,8 @@ def build(standin, module_type):
     def method(name, spec):
         def m(self, *args, **kwargs):
             check_call("ndarray." + name, spec, args, kwargs)
+            if name in ("sort", "argsort"):
+                args, kwargs = stable("ndarray." + name, spec, args, kwargs)
             r = getattr(self._a, name)(*[device_arg(x, "ndarray." + name) for x in args],
                                        **{k: device_arg(v, "ndarray." + name) for k, v in kwargs.items()})
             return kwargs["out"] if kwargs.get("out") is not None else wrap(r)
