@@ -166,6 +166,18 @@ def download(requirement: str, folder: str) -> str:
     return os.path.join(folder, next(f for f in os.listdir(folder) if f.endswith(".whl")))
 
 
+def extras_of(wheel: str) -> dict:
+    """The wheel's extras and what each requires (METADATA's Requires-Dist ...; extra == "name")."""
+    out = {}
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        for line in z.read(meta).decode().splitlines():
+            if line.startswith("Requires-Dist: ") and "; extra ==" in line:
+                req, extra = line[len("Requires-Dist: "):].split("; extra ==")
+                out.setdefault(extra.strip().strip('"'), []).append(req.strip())
+    return out
+
+
 def requirement_of(wheel: str, package: str) -> str:
     """The wheel's own requirement on package (Requires-Dist), e.g. 'cuda-pathfinder==1.*,>=1.3.4'."""
     with zipfile.ZipFile(wheel) as z:
@@ -197,7 +209,8 @@ def main():
             sys.exit(f"importing CuPy from {wheel} failed:\n{res.stderr[-2000:]}")
         api = json.loads(res.stdout)
         with open(wheel, "rb") as f:
-            api["wheel"] = {"name": os.path.basename(wheel), "sha256": hashlib.sha256(f.read()).hexdigest()}
+            api["wheel"] = {"name": os.path.basename(wheel), "sha256": hashlib.sha256(f.read()).hexdigest(),
+                            "extras": extras_of(wheel)}
     for cls, attrs in INSTANCE_ATTRS.items():
         api["classes"][cls].update(attrs)
     if api["release"] != a.version and not a.wheel:

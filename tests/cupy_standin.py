@@ -26,6 +26,7 @@ Every device-to-host read (get, asnumpy, item, tolist, int/float/bool/complex) i
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import pathlib
@@ -41,6 +42,7 @@ _UNSET = object()
 HOST_IN = ("asarray", "array", "asanyarray")        # the explicit host -> device moves
 
 
+@functools.lru_cache(maxsize=None)
 def signature(spec: str):
     """inspect.Signature from the API file's parameter list (every parameter optional)."""
     params, kind = [], inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -116,4 +118,13 @@ def install(monkeypatch) -> Standin:
     monkeypatch.setitem(sys.modules, "cupy.linalg", s.cupy.linalg)
     monkeypatch.setitem(sys.modules, "cupy.cuda", s.cupy.cuda)
     monkeypatch.setitem(sys.modules, "cupyx", s.cupyx)
+    return s
+
+
+def install_for_process() -> Standin:
+    """For a dry run of the GPU scripts on a machine without one (MINILORA_CUPY_STANDIN=1): the
+    stand-in becomes `cupy` for the rest of this process."""
+    s = make()
+    sys.modules.update({"cupy": s.cupy, "cupy.random": s.cupy.random, "cupy.linalg": s.cupy.linalg,
+                        "cupy.cuda": s.cupy.cuda, "cupyx": s.cupyx})
     return s

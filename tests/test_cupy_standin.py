@@ -79,6 +79,22 @@ def test_standin_mirrors_the_pinned_release(cp):
     assert cupy_status() is None                                 # the availability check runs on it
 
 
+def test_gpu_extra_installs_cuda_libraries():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "pyproject.toml").read_text()   # (tomllib needs 3.11)
+    (req,) = re.findall(r'^gpu = \["([^"]+)"\]', text, flags=re.M)
+    m = re.fullmatch(r"cupy-cuda12x\[(\w+)\]>=([\d.]+),<(\d+)", req)
+    assert m, req
+    extra, low, high = m.groups()
+    wheel = cupy_standin.API["wheel"]
+    assert any(r.startswith("cuda-toolkit[") and "nvrtc" in r and "curand" in r and "cusolver" in r
+               for r in wheel["extras"][extra])                # the pinned release's extra brings them
+    release = tuple(int(x) for x in cupy_standin.RELEASE.split("."))
+    assert tuple(int(x) for x in low.split(".")) <= release and release[0] < int(high)
+
+
 def test_standin_enforces_the_host_device_rules(standin, cp):
     x = cp.arange(6, dtype=cp.float32).reshape(2, 3)
     host = np.ones(3, dtype=np.float32)
@@ -320,3 +336,16 @@ def test_real_model_forward_on_standin(cp):
     loss, grads = model.loss_and_grads(cp.asarray(ids), cp.asarray(ids))
     assert math.isfinite(float(loss)) and set(grads) == model.trainable
     assert all(type(g) is cp.ndarray for g in grads.values())
+
+
+# ---- the GPU check script's own checks run here, so a lent GPU does not meet a broken script -----
+def test_gpu_check_script_runs_on_standin(cp):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "scripts" / "gpu_checks.py"
+    spec = importlib.util.spec_from_file_location("gpu_checks", path)
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    out = checks.determinism(cp, epochs=1)
+    assert out["ok"] and out["full_runs_equal"]          # NumPy underneath: even the scatter-add repeats
