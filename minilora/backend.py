@@ -58,6 +58,49 @@ def asarray(x, xp, dtype=None):
     return xp.asarray(x, dtype=dtype)
 
 
+def generator_module(rng):
+    """The array module whose arrays rng draws (numpy.random.Generator -> numpy, CuPy's -> cupy)."""
+    return get_xp("cupy") if _is_cupy(rng) else numpy
+
+
+def generator_for(rng, xp):
+    """rng itself when it draws arrays of xp, else a new Generator of xp seeded from one draw of rng.
+
+    A generator of the wrong module would put host arrays into device code (or the reverse); this
+    converts once, reproducibly: the same rng state gives the same new generator.
+    """
+    if generator_module(rng) is xp:
+        return rng
+    seed = int(to_numpy(rng.integers(0, 2 ** 63 - 1, size=1, dtype="int64"))[0])
+    return xp.random.default_rng(seed)
+
+
+def cupy_status():
+    """None when CuPy can run here, else the reason it cannot (one line).
+
+    Finding a device is not enough: cupy-cuda12x without CUDA's libraries (its `ctk` extra or a
+    local toolkit) imports and counts devices, then fails at the first kernel. So this compiles and
+    runs an elementwise kernel and a reduction (nvrtc), draws from a generator (cuRAND) and takes a
+    QR decomposition (cuSOLVER, cuBLAS) on a tiny array.
+    """
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+        x = cupy.arange(6, dtype=cupy.float64).reshape(3, 2)
+        if float((x * 2.0).sum()) != 30.0:
+            return "a CuPy kernel gave a wrong sum"
+        cupy.random.default_rng(0).random((4,)).get()
+        q, r = cupy.linalg.qr(x)
+        if not float(cupy.abs(q @ r - x).max()) < 1e-9:
+            return "CuPy's qr gave a wrong result"
+        cupy.cuda.Stream.null.synchronize()
+    except Exception as e:  # ImportError, a missing CUDA library, no driver, no device
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return None
+
+
 def backend_name(xp) -> str:
     """'numpy' or 'cupy' for an array module."""
     return xp.__name__.split(".")[0]

@@ -43,6 +43,39 @@ def test_adamw_state_round_trip():
     assert np.array_equal(p["a"], q["a"])
 
 
+def test_float16_parameters_update_in_float32():
+    # a zero gradient (LoRA's A at step 1) must not give 0/0: eps = 1e-8 is 0 in float16
+    p = {"a": np.ones(4, dtype=np.float16), "b": np.zeros(4, dtype=np.float16)}
+    opt = AdamW(lr=1e-3, weight_decay=0.01)
+    opt.step(p, {"a": np.zeros(4, dtype=np.float16), "b": np.full(4, 1e-4, dtype=np.float16)})
+    assert all(np.isfinite(v).all() and v.dtype == np.float16 for v in p.values())
+    assert opt.m["a"].dtype == np.float32 and opt.v["b"].dtype == np.float32
+    # the float16 result is the float32 update rounded once
+    q = {"a": np.ones(4, dtype=np.float32), "b": np.zeros(4, dtype=np.float32)}
+    AdamW(lr=1e-3, weight_decay=0.01).step(q, {"a": np.zeros(4, np.float32), "b": np.full(4, 1e-4, np.float32)})
+    for k in p:
+        assert np.array_equal(p[k], q[k].astype(np.float16))
+
+
+def test_float16_lora_trains_20_steps_without_nan():
+    from minilora.adapters import LoraConfig, add_lora
+    from minilora.config import LlamaConfig
+    from minilora.data import ByteTokenizer, encode_example
+    from minilora.model import LlamaForCausalLM
+    from minilora.training.loop import TrainConfig, fit
+
+    tok = ByteTokenizer()
+    cfg = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    ex = [encode_example(f"headline {i}", "positive" if i % 2 else "negative", tok) for i in range(40)]
+    m = LlamaForCausalLM.init(cfg, seed=0, dtype="float16", initializer_range=0.2)
+    add_lora(m, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1), seed=0)
+    res = fit(m, ex, TrainConfig(learning_rate=1e-2, num_epochs=4, batch_size=8), progress=False)
+    assert res.steps == 20 and all(math.isfinite(x) for x in res.losses)
+    assert res.losses[-1] < 0.5 * res.losses[0]
+    assert all(m.params[n].dtype == np.float16 and np.isfinite(m.params[n]).all() for n in m.trainable)
+
+
 def test_cosine_schedule():
     assert cosine_schedule(0, 100, 10) == pytest.approx(0.1)
     assert cosine_schedule(9, 100, 10) == pytest.approx(1.0)

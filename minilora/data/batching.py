@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minilora.backend import array_module, to_numpy
+from minilora.backend import array_module, asarray, to_numpy
 from minilora.data.sentiment import LABELS, format_answer, format_prompt
 from minilora.data.tokenizer import PAD_ID
 from minilora.errors import MiniLoraError
@@ -126,8 +126,10 @@ def label_choice_batches(rows, tokenizer, labels=LABELS, max_len: int = 128):
 
 def sequence_logprob(logits, labels):
     """Summed log-probability of each row's labelled tokens, with the causal shift:
-    logits (B, T, V), labels (B, T) -> (B,); position t-1's logits score labels[t]."""
+    logits (B, T, V), labels (B, T) -> (B,); position t-1's logits score labels[t].
+    labels may be host (NumPy) arrays or lists: they are moved to the logits' array module."""
     xp = array_module(logits)
+    labels = asarray(labels, xp)                                                      # (B, T) on xp
     z = logits[:, :-1] - logits[:, :-1].max(axis=-1, keepdims=True)                  # (B, T-1, V)
     logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))                          # (B, T-1, V)
     target = labels[:, 1:]                                                            # (B, T-1)

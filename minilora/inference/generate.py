@@ -18,14 +18,17 @@ Sampling from the last position's logits z (B, V), in transformers' order:
     top-k        keep the k largest    (ties with the k-th value are kept)
     top-p        keep the most likely tokens, in order, while the mass before each is < p
     draw         from softmax(z) over the kept tokens: the first index whose CDF exceeds u * total,
-                 u ~ U[0, 1) from an explicit generator (no global random state)
+                 u ~ U[0, 1) from an explicit generator (no global random state) of the logits'
+                 array module: model.xp.random.default_rng(seed) (generate converts another one)
+Top-p orders the tokens with a stable sort, on NumPy as on CuPy (whose sort is always stable), so
+tied logits keep vocabulary order and both backends keep the same nucleus.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from minilora.backend import array_module, check_allocation
+from minilora.backend import array_module, asarray, check_allocation, generator_for, generator_module
 from minilora.errors import MiniLoraError
 from minilora.layers.embedding import embedding_forward
 from minilora.layers.linear import linear_forward
@@ -59,7 +62,7 @@ def forward_cached(model, input_ids, cache: KVCache, last_only: bool = False):
     last_only=True returns (B, 1, V), the only row generation needs (the head is the largest matmul).
     """
     xp = model.xp
-    ids = xp.asarray(input_ids)
+    ids = asarray(input_ids, xp)
     if ids.ndim != 2:
         raise MiniLoraError(f"input_ids must be (batch, length), got shape {ids.shape}")
     b, t = ids.shape
@@ -104,7 +107,7 @@ def filter_logits(z, top_k=None, top_p=None):
         kth = xp.sort(z, axis=-1)[:, vocab - top_k][:, None]                     # (B, 1) k-th largest
         z = xp.where(z < kth, -xp.inf, z)
     if top_p is not None and top_p < 1.0:
-        order = xp.argsort(-z, axis=-1)                                          # (B, V) most likely first
+        order = xp.argsort(-z, axis=-1, kind="stable")                           # (B, V) most likely first
         ps = _softmax(xp.take_along_axis(z, order, axis=-1), xp)                 # (B, V) sorted probs
         keep_sorted = (xp.cumsum(ps, axis=-1) - ps) < top_p                      # mass before each < p
         keep_sorted[:, 0] = True                                                 # never drop the best
@@ -117,7 +120,8 @@ def filter_logits(z, top_k=None, top_p=None):
 def sample_next(logits, rng=None, temperature: float = 0.0, top_k=None, top_p=None):
     """Next token ids (B,) from logits (B, V): greedy when temperature == 0, else a seeded draw.
 
-    rng: a Generator of the logits' array module (numpy.random.default_rng(seed)); required to sample.
+    rng: a Generator of the logits' array module (xp.random.default_rng(seed), xp = numpy or cupy);
+    required to sample.
     """
     check_sampling(temperature, top_k, top_p)
     xp = array_module(logits)
@@ -125,7 +129,10 @@ def sample_next(logits, rng=None, temperature: float = 0.0, top_k=None, top_p=No
         return xp.argmax(logits, axis=-1)
     if rng is None:
         raise MiniLoraError("sampling (temperature > 0) needs an explicit random generator, "
-                            "e.g. rng=numpy.random.default_rng(seed)")
+                            f"e.g. rng={xp.__name__}.random.default_rng(seed)")
+    if generator_module(rng) is not xp:
+        raise MiniLoraError(f"rng draws {generator_module(rng).__name__} arrays, the logits are "
+                            f"{xp.__name__} arrays: use {xp.__name__}.random.default_rng(seed)")
     z = filter_logits(logits.astype(xp.float64) / temperature, top_k, top_p)  # (B, V)
     cdf = xp.cumsum(_softmax(z, xp), axis=-1)                                  # (B, V)
     u = rng.random((z.shape[0], 1)) * cdf[:, -1:]                              # (B, 1) in [0, total)
@@ -137,7 +144,9 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
              rng=None, eos_token_id=None, use_cache: bool = True):
     """Continue input_ids (T0,) or (B, T0) by up to max_new_tokens tokens; returns (.., T0 + n) ids.
 
-    Greedy by default; temperature > 0 samples (after top_k / top_p) with the explicit `rng`.
+    Greedy by default; temperature > 0 samples (after top_k / top_p) with the explicit `rng`, a
+    Generator of the model's array module (model.xp.random.default_rng(seed)); a generator of the
+    other module is converted once (minilora.backend.generator_for: seeded from one of its draws).
     eos_token_id (an int or a list of ints): a row that produced one keeps emitting it, and
     generation stops early once every row has. use_cache=False recomputes the whole prefix at
     every step with model.forward (the slow reference the KV cache is measured against).
@@ -146,7 +155,8 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise MiniLoraError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     xp = model.xp
-    ids = xp.asarray(input_ids)
+    rng = None if rng is None else generator_for(rng, xp)
+    ids = asarray(input_ids, xp)
     one_row = ids.ndim == 1
     ids = ids[None] if one_row else ids
     if ids.ndim != 2 or ids.shape[1] == 0:

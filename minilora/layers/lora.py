@@ -20,7 +20,7 @@ import math
 import warnings
 from typing import NamedTuple
 
-from minilora.backend import array_module, compute_dtype
+from minilora.backend import array_module, compute_dtype, generator_for, generator_module
 from minilora.errors import MiniLoraStateError
 from minilora.layers.linear import _mm2d, linear_backward, linear_forward
 
@@ -71,6 +71,9 @@ def lora_forward(x, w0, a, b, scale, bias=None, dropout_p: float = 0.0, rng=None
     if dropout_p > 0.0:
         if rng is None:
             raise ValueError("LoRA dropout needs an explicit random generator (rng)")
+        if generator_module(rng) is not array_module(x):
+            raise ValueError(f"LoRA dropout: rng draws {generator_module(rng).__name__} arrays, x is a "
+                             f"{array_module(x).__name__} array; use a generator of x's module")
         keep = rng.random(x.shape) >= dropout_p
         mask = keep.astype(x.dtype) / (1.0 - dropout_p)
         u = x * mask                         # (..., in)
@@ -125,6 +128,8 @@ class LoraLinear:
 
     A thin stateful wrapper over the functions above for the demo and notebooks; the model keeps
     the same state in its flat parameter dict. merge() twice raises instead of adding twice.
+    rng draws A; the dropout masks come from a generator of w0's array module (rng itself, or one
+    seeded from it when rng is NumPy's and w0 is on the GPU: minilora.backend.generator_for).
     """
 
     def __init__(self, w0, r, alpha, rng, bias=None, init="gaussian", use_rslora=False,
@@ -134,7 +139,7 @@ class LoraLinear:
         self.weight, self.bias = w0, bias
         self.lora_A, self.lora_B = init_lora_weights(in_f, out_f, r, rng, xp, init, w0.dtype)
         self.scale = lora_scaling(r, alpha, use_rslora)
-        self.dropout_p, self.rng = dropout_p, rng
+        self.dropout_p, self.rng = dropout_p, generator_for(rng, xp)
         self.merged = False
 
     def forward(self, x, train: bool = False):

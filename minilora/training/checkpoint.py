@@ -15,8 +15,9 @@ finite are refused: a checkpoint is never overwritten with a bad state.
 The dropout generator: a NumPy Generator's state is `rng.bit_generator.state`, a small dict of
 integers (PCG64: two 128-bit integers), stored as JSON. CuPy's Generator (XORWOW) has no public
 state; its state is a device array of cuRAND states (`rng.bit_generator._state`), which is copied
-to the host and stored as bytes. Restoring it needs the same GPU model (its size depends on the
-number of multiprocessors); a different size raises.
+on the device at each optimizer step and to the host only when a checkpoint is written, as bytes.
+Restoring it needs the same GPU model (its size depends on the number of multiprocessors); a
+different size raises.
 """
 from __future__ import annotations
 
@@ -47,13 +48,17 @@ class Checkpoint(NamedTuple):
 
 # ---- the dropout generator ------------------------------------------------------------------
 def rng_snapshot(rng):
-    """A copy of the generator's state: a JSON-able dict (NumPy) or a host byte array (CuPy)."""
+    """A copy of the generator's state: a JSON-able dict (NumPy) or a device byte array (CuPy).
+
+    The CuPy copy stays on the device (a device-to-device copy, ~12 MiB on an H200); only
+    save_checkpoint moves it to the host, so taking a snapshot every optimizer step costs no transfer.
+    """
     if type(rng).__module__.split(".")[0] == "cupy":
         bg = rng.bit_generator
         if not hasattr(bg, "_state"):
             raise MiniLoraError(f"cannot read the state of CuPy's {type(bg).__name__}; "
                                 "resuming needs the dropout generator's state")
-        return {"backend": "cupy", "bit_generator": type(bg).__name__, "state": to_numpy(bg._state).copy()}
+        return {"backend": "cupy", "bit_generator": type(bg).__name__, "state": bg._state.copy()}
     return {"backend": "numpy", **rng.bit_generator.state}
 
 
@@ -98,7 +103,8 @@ def save_checkpoint(folder, params: dict, optimizer: dict, state: dict, rng=None
     """Write a checkpoint folder atomically; returns the folder.
 
     params: {trainable name: array}; optimizer: AdamW.state_dict(); state: JSON-able dict;
-    rng: rng_snapshot(...) of the dropout generator (stored in state.json, or as bytes for CuPy).
+    rng: rng_snapshot(...) of the dropout generator (stored in state.json, or as bytes for CuPy: the
+    one moment its device copy comes to the host).
     Non-finite parameters or moments raise MiniLoraError and leave any previous checkpoint as it was;
     so does a `folder` that exists and is not a checkpoint (unless overwrite=True).
     """
@@ -112,7 +118,7 @@ def save_checkpoint(folder, params: dict, optimizer: dict, state: dict, rng=None
     rng_arrays = {}
     if rng is not None:
         if rng.get("backend") == "cupy":
-            rng_arrays["cupy_state"] = np.ascontiguousarray(rng["state"]).view(np.int8).reshape(-1)
+            rng_arrays["cupy_state"] = np.ascontiguousarray(to_numpy(rng["state"])).view(np.int8).reshape(-1)
             state["rng"] = {k: v for k, v in rng.items() if k != "state"}
         else:
             state["rng"] = rng

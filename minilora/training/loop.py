@@ -14,7 +14,8 @@ Faults:
   arrives during an optimizer update or a save is held until it ends, so neither is torn.
 - fit(..., resume_from=dir) restores the trainable weights, AdamW moments and step, the schedule
   step, the data position (epoch, batch) and the dropout generator's state, and continues the
-  same trajectory bit for bit (tests/test_resume.py).
+  same trajectory bit for bit (tests/test_resume.py). On a GPU this holds for LoRA on the same GPU
+  model; full fine-tuning's embedding gradient adds with float atomics (docs/backend.md, Determinism).
 """
 from __future__ import annotations
 

@@ -5,13 +5,18 @@ For each trainable parameter p with gradient g, at step t (1-based):
     p = p - lr * wd * p              (decoupled weight decay, before the Adam step, as torch does)
     p = p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 Only names present in `grads` are touched: frozen weights have no gradient and no moments.
+
+Precision: the moments and the update are kept in at least float32 (compute_dtype), and a float16
+parameter is updated in float32 and rounded once. In float16, eps = 1e-8 rounds to 0, so a zero
+gradient (LoRA's A at step 1, where B = 0) would give 0 / 0, and 1 - b2 = 1e-3 times a small g^2
+underflows; in float32 neither happens (tests/test_optim.py trains a float16 LoRA).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-from minilora.backend import array_module
+from minilora.backend import array_module, compute_dtype
 
 
 @dataclass
@@ -34,10 +39,15 @@ class AdamW:
         for name, g in grads.items():
             p = params[name]
             xp = array_module(p)
+            ct = compute_dtype(p.dtype, xp)      # float32 for float16 parameters, else p's own dtype
             if name not in self.m:
-                self.m[name] = xp.zeros_like(p)
-                self.v[name] = xp.zeros_like(p)
+                self.m[name] = xp.zeros(p.shape, dtype=ct)
+                self.v[name] = xp.zeros(p.shape, dtype=ct)
+            elif self.m[name].dtype != ct:       # moments restored from a lower-precision checkpoint
+                self.m[name], self.v[name] = self.m[name].astype(ct), self.v[name].astype(ct)
             m, v = self.m[name], self.v[name]
+            g = g.astype(ct, copy=False)
+            pc = p.astype(ct, copy=False)        # p itself unless p is float16
             t = g * (1.0 - b1)                   # two scratch arrays per parameter, reused
             m *= b1
             m += t
@@ -46,13 +56,15 @@ class AdamW:
             v *= b2
             v += d
             if self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
+                pc *= 1.0 - lr * self.weight_decay
             xp.divide(v, c2, out=d)
             xp.sqrt(d, out=d)
             d += self.eps                        # sqrt(v_hat) + eps
             xp.multiply(m, lr / c1, out=t)
             t /= d
-            p -= t
+            pc -= t
+            if pc is not p:
+                p[...] = pc                      # one rounding to the parameter's dtype
 
     def state_dict(self) -> dict:
         """Arrays keyed 'm.<name>' / 'v.<name>' plus the step count (for checkpoints)."""
