@@ -23,6 +23,11 @@ wheel) and keeps CuPy's host/device rules (cupy/_core/core.pyx, _kernel.pyx, _ro
 
 Every device-to-host read (get, asnumpy, item, tolist, int/float/bool/complex) is appended to
 `Standin.transfers` as (nbytes, shape, dtype), so a test can count syncs and copies.
+
+Files: this one (the API file, call checks, install); cupy_standin_array.py (the device array, its
+rules and methods; each stand-in's `ndarray` is a subclass that binds only the stand-in and so its
+log); cupy_standin_core.py (ufuncs, functions, the host/device moves, the modules);
+cupy_standin_random.py (cupy.random's generator, cupy.cuda).
 """
 from __future__ import annotations
 
@@ -95,7 +100,7 @@ class _StrictModule(types.ModuleType):
         have = API["modules"].get(self.__name__, {})
         if name in have:
             raise AttributeError(f"{self.__name__}.{name} exists in CuPy {RELEASE} but the test stand-in "
-                                 "does not implement it; add it to tests/cupy_standin.py")
+                                 "does not implement it; add it to tests/cupy_standin_core.py")
         raise AttributeError(f"module '{self.__name__}' has no attribute '{name}' (not in CuPy {RELEASE})")
 
 
