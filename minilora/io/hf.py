@@ -139,12 +139,14 @@ def load_weights(folder) -> dict:
 
 
 # ---- whole models ----------------------------------------------------------------------------
-def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
+def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0, quant: str | None = None):
     """A LlamaForCausalLM from a Hugging Face Llama folder (or a llama GGUF file: minilora.io.gguf.from_gguf).
 
     Weights of any file dtype (F32, F16, BF16, F64) are cast once to `dtype` (float32, float64 or
     float16; NumPy has no bfloat16 to compute in) and placed on `xp` (numpy default, or cupy).
     A tied checkpoint that still stores lm_head.weight has that copy dropped.
+    quant="gguf" (GGUF files only) keeps the file's Q8_0 / Q4_0 / Q4_1 layer weights packed as the
+    frozen base (QLoRA-style); other formats come from model.quantize_base(bits, fmt=...).
     """
     from minilora.model import LlamaForCausalLM
 
@@ -155,9 +157,15 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
     if dtype not in ("float32", "float64", "float16"):
         raise MiniLoraError(f"dtype must be float32, float64 or float16, got {dtype!r}"
                             + (" (NumPy has no bfloat16: load bf16 files as float32)" if "bf" in dtype else ""))
+    if quant not in (None, "gguf"):
+        raise MiniLoraError(f"quant must be None or 'gguf' (keep a GGUF file's blocks), got {quant!r}; "
+                            "other formats: model.quantize_base(bits, fmt=...)")
     if os.fspath(folder).lower().endswith(".gguf"):          # llama.cpp's format: minilora.io.gguf
         from minilora.io.gguf import from_gguf
-        return from_gguf(folder, dtype=dtype, xp=xp, seed=seed)
+        return from_gguf(folder, dtype=dtype, xp=xp, seed=seed, keep_quantized=quant == "gguf")
+    if quant == "gguf":
+        raise MiniLoraError(f"{folder}: quant='gguf' keeps the blocks of a .gguf file; this is not one "
+                            "(use model.quantize_base(bits, fmt='q4_1') to store a base in GGUF blocks)")
     xp = get_xp("numpy") if xp is None else xp
     if not os.path.isdir(folder):
         raise MiniLoraError(f"{folder}: not a folder")
