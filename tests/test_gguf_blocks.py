@@ -105,7 +105,8 @@ def test_caches_of_a_quantized_projection_hold_no_weight(q4_file):
     x = np.ones((1, 3, m.config.hidden_size), np.float32)
     _, (kind, c) = m.proj_forward(x, "model.layers.0.self_attn.q_proj")
     assert kind == "lora" and c.base.w is None
-    _, (kind, c) = m.proj_forward(np.ones((1, 3, m.config.intermediate_size), np.float32), "model.layers.0.mlp.down_proj")
+    m_in = np.ones((1, 3, m.config.intermediate_size), np.float32)
+    _, (kind, c) = m.proj_forward(m_in, "model.layers.0.mlp.down_proj")
     assert kind == "linear" and c.w is None
 
 

@@ -1,0 +1,119 @@
+"""Memory, load time and LoRA step time of the SmolLM2-135M base in each frozen-base format.
+
+Run by hand (the cached GGUF is needed: `minilora fetch smollm2-135m-instruct`):
+    OPENBLAS_NUM_THREADS=1 python scripts/quant_memory.py                 # all formats, markdown table
+    python scripts/quant_memory.py --formats float32 q4_1 --steps 3 --json out.json
+
+Each format runs in a fresh process, so its peak RSS is its own:
+    float32  from_pretrained(gguf): every tensor dequantized once to float32
+    q8_0     float32 load, then model.quantize_base(8, fmt="q8_0")
+    q4_1     from_pretrained(gguf, quant="gguf"): the file's own Q4_1 blocks kept packed
+    nf4      float32 load, then model.quantize_base(4, fmt="nf4")
+Reported: load time (including the gguf package's header parse), the bytes the model's arrays hold
+(all of them, and the decoder-layer linear weights alone), peak RSS after loading and after the
+training steps, and the time of one LoRA step (batch 4 x 64, r=8 on q, k, v, o, AdamW), the median
+of --steps steps after one warm-up step. Also the size of that adapter exported with export-gguf.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+FORMATS = ("float32", "q8_0", "q4_1", "nf4")
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # Linux: KiB
+
+
+def measure(fmt: str, steps: int) -> dict:
+    import numpy as np
+
+    from minilora import from_pretrained
+    from minilora.adapters import LoraConfig, add_lora
+    from minilora.quant import nbytes
+    from minilora.runs.registry import resolve_model
+    from minilora.training.optim import AdamW
+
+    path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
+    rss_import = _rss_mib()
+    t0 = time.perf_counter()
+    model = from_pretrained(path, quant="gguf" if fmt == "q4_1" else None)
+    if fmt in ("q8_0", "nf4"):
+        model.quantize_base(8 if fmt == "q8_0" else 4, fmt=fmt)
+    load_s = time.perf_counter() - t0
+    assert (fmt == "float32") == (not model.quantized)
+    layer = sum(nbytes(q) for q in model.quantized.values()) or sum(
+        v.nbytes for k, v in model.params.items() if ".layers." in k and k.endswith("_proj.weight"))
+    total = sum(v.nbytes for v in model.params.values()) + sum(nbytes(q) for q in model.quantized.values())
+    rss_load = _rss_mib()
+    add_lora(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), seed=0)
+    opt = AdamW(lr=1e-4)
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (4, 64))
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        loss, grads = model.loss_and_grads(ids, ids)
+        opt.step(model.params, grads)
+        times.append(time.perf_counter() - t)
+    return {"format": fmt, "load_s": load_s, "model_MiB": total / 2**20, "layer_linears_MiB": layer / 2**20,
+            "rss_imports_MiB": rss_import, "peak_rss_load_MiB": rss_load, "peak_rss_train_MiB": _rss_mib(),
+            "step_s": float(np.median(times[1:])), "loss": float(loss)}
+
+
+def adapter_size() -> dict:
+    """Export an r=8 q, k, v, o adapter of SmolLM2 with export-gguf; its size and the PEFT file's."""
+    from minilora import from_pretrained
+    from minilora.adapters import LoraConfig, add_lora
+    from minilora.io.gguf_adapter import write_gguf_adapter
+    from minilora.io.peft import save_adapter
+    from minilora.runs.registry import resolve_model
+
+    path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
+    model = from_pretrained(path, quant="gguf")
+    add_lora(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_adapter(model, os.path.join(tmp, "peft"))
+        info = write_gguf_adapter(os.path.join(tmp, "peft"), path, os.path.join(tmp, "adapter.gguf"))
+        peft = os.path.getsize(os.path.join(tmp, "peft", "adapter_model.safetensors"))
+    return {"gguf_adapter_bytes": info["bytes"], "peft_safetensors_bytes": peft, "tensors": info["tensors"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="formats to measure")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per format (after one warm-up)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--one", default=None, choices=FORMATS + ("adapter",), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(adapter_size() if args.one == "adapter" else measure(args.one, args.steps)))
+        return 0
+    rows = []
+    for fmt in args.formats + ["adapter"]:
+        out = subprocess.run([sys.executable, __file__, "--one", fmt, "--steps", str(args.steps)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"(peak RSS includes the interpreter and imports: {rows[0]['rss_imports_MiB']:.0f} MiB)\n")
+    print("| base | load s | model MiB | layer linears MiB | peak RSS load MiB | peak RSS train MiB | step s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows[:-1]:
+        print(f"| {r['format']} | {r['load_s']:.1f} | {r['model_MiB']:.1f} | {r['layer_linears_MiB']:.1f} | "
+              f"{r['peak_rss_load_MiB']:.0f} | {r['peak_rss_train_MiB']:.0f} | {r['step_s']:.2f} |")
+    a = rows[-1]
+    print(f"\nexport-gguf, r=8 on q, k, v, o: {a['gguf_adapter_bytes']:,} bytes ({a['tensors']} tensors); "
+          f"PEFT adapter_model.safetensors: {a['peft_safetensors_bytes']:,} bytes")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
