@@ -91,12 +91,15 @@ def dequantize(qt: GGUFBlocks, dtype="float32"):
     blocks = qt.data.reshape(out_f, in_f // BLOCK, BLOCK_BYTES[qt.qtype])          # (out, nb, bytes)
     d = _f16(blocks[..., 0], blocks[..., 1], xp, ct)[..., None]                     # (out, nb, 1)
     if qt.qtype == "Q8_0":
-        w = blocks[..., 2:].view(xp.int8).astype(ct) * d                            # (out, nb, 32)
+        w = blocks[..., 2:].view(xp.int8).astype(ct)                                # (out, nb, 32)
     elif qt.qtype == "Q4_0":
-        w = (_nibbles(blocks[..., 2:], xp).astype(ct) - 8) * d
+        w = _nibbles(blocks[..., 2:], xp).astype(ct)
+        w -= 8
     else:                                                                           # Q4_1
-        m = _f16(blocks[..., 2], blocks[..., 3], xp, ct)[..., None]
-        w = _nibbles(blocks[..., 4:], xp).astype(ct) * d + m
+        w = _nibbles(blocks[..., 4:], xp).astype(ct)
+    w *= d                                     # in place: one float array per weight, no temporaries
+    if qt.qtype == "Q4_1":
+        w += _f16(blocks[..., 2], blocks[..., 3], xp, ct)[..., None]                # + m
     return w.reshape(out_f, in_f).astype(dtype, copy=False)
 
 
