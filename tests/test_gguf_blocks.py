@@ -133,3 +133,20 @@ def test_every_format_quantizes_a_base_and_merges_by_requantizing(fmt, bits):
     assert format_of(m.quantized[name]) == fmt and set(report) == {n for n in m.quantized if "q_proj" in n}
     if fmt == "nf4":
         assert isinstance(m.quantized[name], NF4Tensor)
+
+
+def test_finlora_quant_format_key(tmp_path, q4_file):
+    from minilora.quant import FORMATS
+    from minilora.runs.finlora import QUANT_FORMATS, parse_run
+    from minilora.runs.recipes import load_model
+
+    assert set(QUANT_FORMATS) == set(FORMATS) | {"gguf"}
+    run = parse_run("r", {"base_model": q4_file, "quant_bits": 4, "quant_format": "nf4"}, training=False)
+    assert {format_of(qt) for qt in load_model(run).quantized.values()} == {"nf4"}
+    run = parse_run("r", {"base_model": q4_file, "quant_bits": 4, "quant_format": "gguf"}, training=False)
+    assert {format_of(qt) for qt in load_model(run).quantized.values()} == {"q4_1"}
+    assert parse_run("r", {"base_model": "b", "quant_bits": 4}, training=False).quant_format == "absmax"
+    with pytest.raises(MiniLoraError, match="quant_format must be one of"):
+        parse_run("r", {"base_model": "b", "quant_bits": 4, "quant_format": "int3"}, training=False)
+    with pytest.raises(MiniLoraError, match="stores 8 bits, but quant_bits is 4"):
+        parse_run("r", {"base_model": "b", "quant_bits": 4, "quant_format": "q8_0"}, training=False)
