@@ -150,3 +150,19 @@ def test_finlora_quant_format_key(tmp_path, q4_file):
         parse_run("r", {"base_model": "b", "quant_bits": 4, "quant_format": "int3"}, training=False)
     with pytest.raises(MiniLoraError, match="stores 8 bits, but quant_bits is 4"):
         parse_run("r", {"base_model": "b", "quant_bits": 4, "quant_format": "q8_0"}, training=False)
+
+
+def test_resume_refuses_a_base_stored_in_another_format(tmp_path):
+    from test_resume import CFG, EX, LCFG, TCFG
+
+    from minilora.training.loop import fit
+
+    def model_in(fmt):
+        m = LlamaForCausalLM.init(CFG, seed=3)
+        m.quantize_base(4, fmt=fmt)
+        add_lora(m, LCFG, seed=5)
+        return m
+
+    fit(model_in("absmax"), EX, TCFG, progress=False, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(MiniLoraError, match=r"stored as \['absmax'\], this one is stored as \['nf4'\]"):
+        fit(model_in("nf4"), EX, TCFG, progress=False, resume_from=tmp_path / "ckpt")
