@@ -87,6 +87,35 @@ def measure(fmt: str, steps: int) -> dict:
             "step_s": float(np.median(times[1:])), "step_min_s": float(np.min(times[1:])), "loss": float(loss)}
 
 
+def interleaved(steps: int) -> dict:
+    """float32 vs kept Q4_1 blocks in one process, steps alternating, so that load from other jobs
+    hits both alike: the median of the per-pair ratios (Q4_1 step / float32 step)."""
+    import numpy as np
+
+    from minilora import from_pretrained
+    from minilora.adapters import LoraConfig, add_lora
+    from minilora.runs.registry import resolve_model
+    from minilora.training.optim import AdamW
+
+    path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
+    models = {"float32": from_pretrained(path), "q4_1": from_pretrained(path, quant="gguf")}
+    ids = np.random.default_rng(0).integers(0, models["q4_1"].config.vocab_size, (4, 64))
+    opts, times = {}, {k: [] for k in models}
+    for k, m in models.items():
+        add_lora(m, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), seed=0)
+        opts[k] = AdamW(lr=1e-4)
+    for _ in range(steps + 1):
+        for k, m in models.items():
+            t = time.perf_counter()
+            _, grads = m.loss_and_grads(ids, ids)
+            opts[k].step(m.params, grads)
+            times[k].append(time.perf_counter() - t)
+    ratios = [q / f for q, f in zip(times["q4_1"][1:], times["float32"][1:], strict=True)]
+    return {"float32_step_s": float(np.median(times["float32"][1:])),
+            "q4_1_step_s": float(np.median(times["q4_1"][1:])),
+            "ratio_median": float(np.median(ratios)), "ratio_min": float(np.min(ratios))}
+
+
 def adapter_size() -> dict:
     """Export an r=8 q, k, v, o adapter of SmolLM2 with export-gguf; its size and the PEFT file's."""
     from minilora import from_pretrained
@@ -110,13 +139,14 @@ def main(argv=None) -> int:
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="formats to measure")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per format (after one warm-up)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--one", default=None, choices=FORMATS + ("adapter",), help=argparse.SUPPRESS)
+    p.add_argument("--one", default=None, choices=FORMATS + ("adapter", "interleaved"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(adapter_size() if args.one == "adapter" else measure(args.one, args.steps)))
+        one = {"adapter": adapter_size, "interleaved": lambda: interleaved(args.steps)}.get(args.one)
+        print(json.dumps(one() if one else measure(args.one, args.steps)))
         return 0
     rows = []
-    for fmt in args.formats + ["adapter"]:
+    for fmt in args.formats + ["interleaved", "adapter"]:
         out = subprocess.run([sys.executable, __file__, "--one", fmt, "--steps", str(args.steps)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -124,10 +154,14 @@ def main(argv=None) -> int:
     print("| base | load s | model MiB | layer linears MiB | peak RSS load MiB | peak RSS train MiB "
           "| step s (median) | step s (min) |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows[:-1]:
+    for r in rows[:-2]:
         print(f"| {r['format']} | {r['load_s']:.1f} | {r['model_MiB']:.1f} | {r['layer_linears_MiB']:.1f} | "
               f"{r['peak_rss_load_MiB']:.0f} | {r['peak_rss_train_MiB']:.0f} | {r['step_s']:.2f} | "
               f"{r['step_min_s']:.2f} |")
+    i = rows[-2]
+    print(f"\nfloat32 vs kept Q4_1, steps interleaved in one process: {i['float32_step_s']:.2f} s vs "
+          f"{i['q4_1_step_s']:.2f} s; Q4_1 / float32 per pair: median {i['ratio_median']:.2f}, "
+          f"min {i['ratio_min']:.2f}")
     a = rows[-1]
     print(f"\nexport-gguf, r=8 on q, k, v, o: {a['gguf_adapter_bytes']:,} bytes ({a['tensors']} tensors); "
           f"PEFT adapter_model.safetensors: {a['peft_safetensors_bytes']:,} bytes")

@@ -122,3 +122,25 @@ def test_cli(tmp_path, base, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("minilora: error:") for line in err)
     assert "exists" in err[0] and "not found" in err[1] and "not a folder" in err[2]
+
+
+def test_smollm2_adapter_size_as_docs_quote(tmp_path):
+    """docs/gguf.md: an r=8 q, k, v, o adapter of SmolLM2-135M (cached GGUF) exports to 3,702,944 bytes,
+    and the file's Q4_1 layer weights kept packed take 63.3 MiB (20 bytes per 32 weights)."""
+    from minilora.runs.registry import resolve_model
+
+    try:
+        path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
+    except MiniLoraError:
+        pytest.skip("SmolLM2-135M-Instruct is not in the cache (minilora fetch smollm2-135m-instruct)")
+    from minilora.quant import nbytes
+
+    model = from_pretrained(path, quant="gguf")
+    n_lin = sum(q.shape[0] * q.shape[1] for q in model.quantized.values())
+    assert len(model.quantized) == 7 * 30 and sum(nbytes(q) for q in model.quantized.values()) == n_lin // 32 * 20
+    assert round(n_lin // 32 * 20 / 2**20, 1) == 63.3
+    add_lora(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), seed=0)
+    save_adapter(model, tmp_path / "peft")                      # the folder name is the adapter's general.name
+    info = write_gguf_adapter(tmp_path / "peft", path, tmp_path / "adapter.gguf")
+    assert info["bytes"] == 3_702_944 and info["tensors"] == 240
+    assert os.path.getsize(tmp_path / "peft" / "adapter_model.safetensors") == 3_717_656
