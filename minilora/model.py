@@ -75,7 +75,7 @@ class LlamaForCausalLM:
         self.xp = array_module(*params.values())
         self.trainable: set = set()          # names that get gradients
         self.adapters = AdapterState()       # the LoRA state (minilora.adapters changes it)
-        self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
+        self.quantized: dict = {}            # weight name -> stored weight (minilora.quant.formats; frozen only)
         self.seed = seed
         self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
         self._rope = {}
@@ -113,8 +113,9 @@ class LlamaForCausalLM:
         """
         xp = get_xp(xp_or_name) if isinstance(xp_or_name, str) else xp_or_name
         self.params = {k: asarray(v, xp) for k, v in self.params.items()}
-        self.quantized = {k: qt._replace(q=asarray(qt.q, xp), scales=asarray(qt.scales, xp))
-                          for k, qt in self.quantized.items()}
+        from minilora.quant import to_backend
+
+        self.quantized = {k: to_backend(qt, xp) for k, qt in self.quantized.items()}
         for stored in self.adapters.inactive.values():
             stored.factors = {k: asarray(v, xp) for k, v in stored.factors.items()}
         self.xp = xp
@@ -130,7 +131,7 @@ class LlamaForCausalLM:
         return "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
 
     def weight(self, name: str):
-        """A base weight as an array of the model's dtype (dequantized if stored quantized)."""
+        """A base weight as an array of the model's dtype (dequantized if stored quantized, in any format)."""
         if name in self.quantized:
             from minilora.quant import dequantize
 
@@ -158,12 +159,18 @@ class LlamaForCausalLM:
             p = lm.dropout if train else 0.0
             h, cache = lora_forward(x, w, self.params[module + ".lora_A.weight"],
                                     self.params[module + ".lora_B.weight"], lm.scale, b, p, self.rng)
-            return h, ("lora", cache)
-        h, cache = linear_forward(x, w, b)
-        return h, ("linear", cache)
+            cache = ("lora", cache)
+        else:
+            h, cache = linear_forward(x, w, b)
+            cache = ("linear", cache)
+        if module + ".weight" in self.quantized:      # keep no dequantized copy: backward dequantizes again
+            cache = _with_weight(cache, None)
+        return h, cache
 
     def proj_backward(self, dout, module: str, cache, grads: dict):
         """dx; adds the gradients of the module's trainable parameters into grads."""
+        if module + ".weight" in self.quantized:      # a layer at a time: dequantized here, dropped after
+            cache = _with_weight(cache, self.weight(module + ".weight"))
         kind, c = cache
         if kind == "lora":
             dx, da, db = lora_backward(dout, c)
@@ -312,21 +319,26 @@ class LlamaForCausalLM:
         return loss, grads
 
     # ---- bookkeeping --------------------------------------------------------------------
-    def quantize_base(self, bits: int, group_size: int | None = None):
-        """Store the frozen decoder-layer linear weights quantized (absmax, per row or group).
+    def quantize_base(self, bits: int, group_size: int | None = None, fmt: str = "absmax",
+                      double_quant: bool = False):
+        """Store the frozen decoder-layer linear weights quantized, in format `fmt`.
 
-        Embeddings, norms and lm_head stay float, as bitsandbytes leaves lm_head by default.
-        bits=16 leaves the model unchanged. The forward dequantizes on the fly (minilora.quant).
+        fmt: "absmax" (bits 8 or 4, per row or group_size), "nf4" (QLoRA's NormalFloat4, bits 4,
+        double_quant optional), or a GGUF block type "q8_0" (bits 8), "q4_0" / "q4_1" (bits 4);
+        see minilora.quant.formats. Embeddings, norms and lm_head stay float, as bitsandbytes
+        leaves lm_head by default. bits=16 leaves the model unchanged. Forward and backward
+        dequantize one weight at a time and keep no dequantized copy.
         """
         if bits == 16:
             return
-        from minilora.quant import quantize
+        from minilora.quant import quantize_as
 
         if self.adapters.merged:
             raise MiniLoraStateError("quantize before merging, not after")
-        for name in list(self.params):
+        for name in list(self.params):                 # one at a time: the float copy is freed as we go
             if ".layers." in name and name.endswith("_proj.weight") and name not in self.trainable:
-                self.quantized[name] = quantize(self.params.pop(name), bits, group_size)
+                self.quantized[name] = quantize_as(self.params[name], fmt, bits, group_size, double_quant)
+                del self.params[name]
 
     def dequantize_base(self):
         """Turn a quantized base back into float weights of the model's dtype (e.g. before merging)."""
@@ -348,6 +360,14 @@ class LlamaForCausalLM:
             arr = self.params.get(n)
             total += int(arr.size) if arr is not None else _prod(self.quantized[n].shape)
         return total
+
+
+def _with_weight(cache, w):
+    """A projection cache with its base weight replaced (None: dropped, an array: restored)."""
+    kind, c = cache
+    if kind == "lora":
+        return kind, c._replace(base=c.base._replace(w=w))
+    return kind, c._replace(w=w)
 
 
 def _prod(shape) -> int:

@@ -223,14 +223,18 @@ def _fold(model, fn, what: str) -> dict:
 
 
 def _store_weights(model, new: dict) -> dict:
-    """Write merged weights back; a quantized base is requantized. Returns {name: max abs error}."""
+    """Write merged weights back; a quantized base is requantized. Returns {name: max abs error}.
+
+    A quantized weight is requantized in its own format and settings (absmax, NF4 or GGUF blocks,
+    minilora.quant.requantize), so the merged model stays as small as before and a GGUF block
+    weight stays in the blocks llama.cpp reads; the report gives the rounding error that costs.
+    """
+    from minilora.quant import dequantize, requantize
+
     report = {}
     for name, w in new.items():
         if name in model.quantized:
-            from minilora.quant import dequantize, quantize
-
-            old = model.quantized[name]
-            qt = quantize(w, old.bits, old.group_size)
+            qt = requantize(model.quantized[name], w)
             report[name] = float(model.xp.max(model.xp.abs(dequantize(qt, dtype=w.dtype) - w)))
             model.quantized[name] = qt
         else:

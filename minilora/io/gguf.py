@@ -1,7 +1,8 @@
 """GGUF files in: llama-architecture models from llama.cpp's format, as Hugging Face names and layouts.
 
-    read_gguf(path, dtype)       -> (LlamaConfig, {HF name: array}, metadata)
-    from_gguf(path, dtype, xp)   -> LlamaForCausalLM
+    read_gguf(path, dtype, keep_quantized)  -> (LlamaConfig, {HF name: array or GGUFBlocks}, metadata)
+    from_gguf(path, dtype, xp, keep_quantized) -> LlamaForCausalLM
+    read_gguf_header(path)       -> (LlamaConfig, {GGUF name: (shape, type name)}, metadata), no data read
     gguf_metadata(path)          -> {key: value} (no tensor data read)
     permute_qk / unpermute_qk    llama.cpp's q/k row order <-> transformers' (see docs/gguf.md)
 
@@ -27,7 +28,8 @@ import numpy as np
 from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError
 
-__all__ = ["read_gguf", "from_gguf", "gguf_metadata", "permute_qk", "unpermute_qk", "hf_name", "gguf_name"]
+__all__ = ["read_gguf", "from_gguf", "gguf_metadata", "read_gguf_header", "permute_qk", "unpermute_qk", "hf_name",
+           "gguf_name"]
 
 SUPPORTED_ARCHS = ("llama",)
 _GLOBAL = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -218,13 +220,36 @@ def _dequantize(t, path) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_gguf(path, dtype="float32"):
+def read_gguf_header(path):
+    """(LlamaConfig, {GGUF tensor name: (NumPy-order shape, ggml type name)}, metadata); no tensor data read."""
+    path = os.fspath(path)
+    reader = _open(path)
+    meta = _metadata(reader)
+    config = _config(meta, {t.name for t in reader.tensors}, reader, path)
+    shapes = {t.name: (tuple(int(n) for n in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors}
+    return config, shapes, meta
+
+
+def _kept(t, name, dtype):
+    """A decoder-layer linear weight in a block type kept packed -> GGUFBlocks (a copy), else None."""
+    from minilora.quant.gguf_blocks import QTYPES, from_packed
+
+    if t.tensor_type.name not in QTYPES or ".layers." not in name or not name.endswith("_proj.weight"):
+        return None
+    shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+    return from_packed(np.array(t.data), t.tensor_type.name, shape, dtype)
+
+
+def read_gguf(path, dtype="float32", keep_quantized: bool = False):
     """(LlamaConfig, {Hugging Face name: host array of `dtype`}, metadata dict) from a llama GGUF file.
 
     Every tensor is dequantized to float32 through the `gguf` package and cast to `dtype`;
     q_proj / k_proj rows are put back in transformers' order (unpermute_qk). A file without
-    output.weight has tied embeddings. Raises MiniLoraError for another architecture, a missing
-    or unexpected tensor, a shape that disagrees with the metadata, or a type it cannot read.
+    output.weight has tied embeddings. keep_quantized=True keeps the decoder-layer linear weights
+    stored as Q8_0, Q4_0 or Q4_1 packed (minilora.quant.GGUFBlocks, the rows of q/k blocks
+    unpermuted: a block lies within a row); other tensors are dequantized as usual.
+    Raises MiniLoraError for another architecture, a missing or unexpected tensor, a shape that
+    disagrees with the metadata, or a type it cannot read.
     """
     path = os.fspath(path)
     reader = _open(path)
@@ -240,14 +265,18 @@ def read_gguf(path, dtype="float32"):
         name = hf_name(t.name)
         if name is None or name not in expected:
             raise MiniLoraError(f"{path}: unexpected tensor {t.name} (not part of a llama model with this config)")
-        arr = _dequantize(t, path)
-        if arr.shape != tuple(expected[name]):
+        kept = _kept(t, name, dtype) if keep_quantized else None
+        arr = kept.data if kept is not None else _dequantize(t, path)
+        if (kept.shape if kept is not None else arr.shape) != tuple(expected[name]):
             raise MiniLoraError(f"{path}: tensor {t.name} has shape {arr.shape}, the metadata needs "
                                 f"{tuple(expected[name])}")
         module = name.split(".")[-2]
         if module in heads:
             arr = unpermute_qk(arr, heads[module])
-        params[name] = np.ascontiguousarray(arr, dtype=dtype)
+        if kept is not None:
+            params[name] = kept._replace(data=np.ascontiguousarray(arr))
+        else:
+            params[name] = np.ascontiguousarray(arr, dtype=dtype)
     missing = [k for k in expected if k not in params]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -255,8 +284,12 @@ def read_gguf(path, dtype="float32"):
     return config, params, meta
 
 
-def from_gguf(path, dtype="float32", xp=None, seed: int = 0):
-    """A LlamaForCausalLM from a llama GGUF file (read_gguf), its arrays placed on xp (default numpy)."""
+def from_gguf(path, dtype="float32", xp=None, seed: int = 0, keep_quantized: bool = False):
+    """A LlamaForCausalLM from a llama GGUF file (read_gguf), its arrays placed on xp (default numpy).
+
+    keep_quantized=True: the decoder-layer linear weights stored as Q8_0 / Q4_0 / Q4_1 stay packed
+    in model.quantized (a frozen base, dequantized a layer at a time, as quantize_base does).
+    """
     from minilora.backend import asarray, check_finite_weight, get_xp
     from minilora.model import LlamaForCausalLM
 
@@ -266,8 +299,14 @@ def from_gguf(path, dtype="float32", xp=None, seed: int = 0):
         dtype = str(dtype)
     if dtype not in ("float32", "float64", "float16"):
         raise MiniLoraError(f"dtype must be float32, float64 or float16, got {dtype!r}")
-    config, params, _ = read_gguf(path, dtype=dtype)
-    for name, arr in params.items():                 # NaN or inf in a weight: refused, named
-        check_finite_weight(arr, name, path)
+    from minilora.quant import GGUFBlocks, to_backend
+
+    config, params, _ = read_gguf(path, dtype=dtype, keep_quantized=keep_quantized)
+    for name, arr in params.items():                 # NaN or inf in a float weight: refused, named
+        if not isinstance(arr, GGUFBlocks):
+            check_finite_weight(arr, name, path)
     xp = get_xp("numpy") if xp is None else xp
-    return LlamaForCausalLM(config, {k: asarray(v, xp) for k, v in params.items()}, seed=seed)
+    kept = {k: to_backend(params.pop(k), xp) for k in [k for k, v in params.items() if isinstance(v, GGUFBlocks)]}
+    model = LlamaForCausalLM(config, {k: asarray(v, xp) for k, v in params.items()}, seed=seed)
+    model.quantized.update(kept)
+    return model

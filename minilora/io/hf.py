@@ -144,12 +144,14 @@ def load_weights(folder) -> dict:
 
 
 # ---- whole models ----------------------------------------------------------------------------
-def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
+def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0, quant: str | None = None):
     """A LlamaForCausalLM from a Hugging Face Llama folder (or a llama GGUF file: minilora.io.gguf.from_gguf).
 
     Weights of any file dtype (F32, F16, BF16, F64) are cast once to `dtype` (float32, float64 or
     float16; NumPy has no bfloat16 to compute in) and placed on `xp` (numpy default, or cupy).
     A tied checkpoint that still stores lm_head.weight has that copy dropped.
+    quant="gguf" (GGUF files only) keeps the file's Q8_0 / Q4_0 / Q4_1 layer weights packed as the
+    frozen base (QLoRA-style); other formats come from model.quantize_base(bits, fmt=...).
     """
     from minilora.model import LlamaForCausalLM
 
@@ -160,9 +162,15 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
     if dtype not in ("float32", "float64", "float16"):
         raise MiniLoraError(f"dtype must be float32, float64 or float16, got {dtype!r}"
                             + (" (NumPy has no bfloat16: load bf16 files as float32)" if "bf" in dtype else ""))
+    if quant not in (None, "gguf"):
+        raise MiniLoraError(f"quant must be None or 'gguf' (keep a GGUF file's blocks), got {quant!r}; "
+                            "other formats: model.quantize_base(bits, fmt=...)")
     if os.fspath(folder).lower().endswith(".gguf"):          # llama.cpp's format: minilora.io.gguf
         from minilora.io.gguf import from_gguf
-        return from_gguf(folder, dtype=dtype, xp=xp, seed=seed)
+        return from_gguf(folder, dtype=dtype, xp=xp, seed=seed, keep_quantized=quant == "gguf")
+    if quant == "gguf":
+        raise MiniLoraError(f"{folder}: quant='gguf' keeps the blocks of a .gguf file; this is not one "
+                            "(use model.quantize_base(bits, fmt='q4_1') to store a base in GGUF blocks)")
     xp = get_xp("numpy") if xp is None else xp
     recover_if_missing(folder)
     if not os.path.isdir(folder):
@@ -172,16 +180,7 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
     _check_size(config, folder, dtype, xp)
     tensors = load_weights(folder)
     expected = config.param_shapes()
-    if config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)     # some writers keep the tied copy
-    missing = [k for k in expected if k not in tensors]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise MiniLoraError(f"{folder}: missing weight {missing[0]}{more}")
-    extra = [k for k in tensors if k not in expected and not k.endswith("rotary_emb.inv_freq")]
-    if extra:
-        raise MiniLoraError(f"{folder}: unexpected weight {extra[0]} (not part of a LlamaForCausalLM "
-                            f"with this config)")
+    _check_names(config, folder, tensors, expected)
     params = {}
     for name, shape in expected.items():
         arr = tensors.pop(name)
@@ -192,6 +191,20 @@ def from_pretrained(folder, dtype="float32", xp=None, seed: int = 0):
         check_finite_weight(arr, name, folder)
         params[name] = asarray(np.asarray(arr).astype(dtype), xp)
     return LlamaForCausalLM(config, params, seed=seed)
+
+
+def _check_names(config, folder, tensors: dict, expected: dict):
+    """The files hold exactly the config's weights (a tied checkpoint's lm_head copy is dropped)."""
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)     # some writers keep the tied copy
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MiniLoraError(f"{folder}: missing weight {missing[0]}{more}")
+    extra = [k for k in tensors if k not in expected and not k.endswith("rotary_emb.inv_freq")]
+    if extra:
+        raise MiniLoraError(f"{folder}: unexpected weight {extra[0]} (not part of a LlamaForCausalLM "
+                            f"with this config)")
 
 
 def _check_size(config, folder, dtype, xp):

@@ -15,9 +15,9 @@ uint8 array (out, ceil(in / 2)): column 2j in the low nibble, column 2j + 1 in t
 each stored as q + 8 (offset binary, 1..15; an odd last column pads with q = 0). So a 4-bit
 tensor really takes half the bytes, and nbytes() reports what would be stored.
 
-Merging an adapter into a quantized base (merge_into_quantized) dequantizes, adds s * B @ A in
-float32 and requantizes; the report says what that costs, since an update smaller than half a
-quantization step is rounded away.
+Merging an adapter into a quantized base (quant.merge.merge_into_quantized) dequantizes, adds
+s * B @ A in float32 and requantizes; its report says what that costs, since an update smaller
+than half a quantization step is rounded away.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 from minilora.backend import array_module
 from minilora.errors import MiniLoraError
-from minilora.layers.lora import lora_delta
 
 
 class QuantizedTensor(NamedTuple):
@@ -142,49 +141,12 @@ def nbytes(qt: QuantizedTensor) -> int:
     return int(qt.q.nbytes + qt.scales.nbytes)
 
 
-def _errors(approx, ref, xp):
-    """(max abs error, Frobenius relative error) of approx against ref, both float64."""
-    diff = approx - ref
-    max_abs = float(xp.max(xp.abs(diff))) if diff.size else 0.0
-    ref_norm = float(xp.linalg.norm(ref))
-    rel = float(xp.linalg.norm(diff)) / ref_norm if ref_norm > 0 else float(xp.linalg.norm(diff))
-    return max_abs, rel
+def requantize(qt: QuantizedTensor, w) -> QuantizedTensor:
+    """w quantized with qt's bits and group size, keeping qt's dtype."""
+    return quantize(w, qt.bits, qt.group_size)._replace(dtype=qt.dtype)
 
 
-def merge_into_quantized(qt: QuantizedTensor, a, b, scale: float, w=None):
-    """Merge a LoRA update into a quantized base and requantize. Returns (new_qt, report).
+def to_backend(qt: QuantizedTensor, xp) -> QuantizedTensor:
+    from minilora.backend import asarray
 
-    qt: the quantized base (out, in); a (r, in), b (out, r), scale s; w: optionally the original
-    float weight the base was quantized from. The merge is dequantize(qt) + s B A in float32,
-    requantized with the same bits and group size (new_qt keeps qt's original dtype).
-    Report (errors of dequantize(new_qt), all computed in float64):
-      max_abs_vs_float, rel_vs_float      against the exact float merge W + s B A (None without w)
-      max_abs_vs_dequant, rel_vs_dequant  against dequantize(qt) + s B A (the requantization cost)
-      update_rel_err   ||dequant(new) - (dequant(qt) + s B A)||_F / ||s B A||_F: above ~1 the
-                       update is mostly rounded away
-      requant_bound    max(new scales) / 2, the bound on the requantization error per element
-    Relative errors are Frobenius: ||error||_F / ||reference||_F.
-    """
-    xp = array_module(qt.q, a, b)
-    if tuple(b.shape[:1]) + tuple(a.shape[1:]) != tuple(qt.shape):
-        raise MiniLoraError(f"LoRA update {(b.shape[0], a.shape[1])} does not match the quantized "
-                            f"weight {tuple(qt.shape)}")
-    base32 = dequantize(qt, xp.float32)                                   # (out, in)
-    merged32 = base32 + lora_delta(a, b, scale).astype(xp.float32)        # (out, in)
-    new = quantize(merged32, qt.bits, qt.group_size)._replace(dtype=qt.dtype)
-    requant = dequantize(new, xp.float64)
-    delta64 = scale * (b.astype(xp.float64) @ a.astype(xp.float64))      # (out, r) @ (r, in)
-    ref_deq = dequantize(qt, xp.float64) + delta64
-    max_abs_d, rel_d = _errors(requant, ref_deq, xp)
-    report = {"max_abs_vs_float": None, "rel_vs_float": None,
-              "max_abs_vs_dequant": max_abs_d, "rel_vs_dequant": rel_d}
-    if w is not None:
-        if tuple(w.shape) != tuple(qt.shape):
-            raise MiniLoraError(f"float weight {tuple(w.shape)} does not match {tuple(qt.shape)}")
-        report["max_abs_vs_float"], report["rel_vs_float"] = _errors(
-            requant, w.astype(xp.float64) + delta64, xp)
-    dnorm = float(xp.linalg.norm(delta64))
-    diff_norm = float(xp.linalg.norm(requant - ref_deq))
-    report["update_rel_err"] = diff_norm / dnorm if dnorm > 0 else (0.0 if diff_norm == 0 else float("inf"))
-    report["requant_bound"] = float(xp.max(new.scales)) / 2.0 if new.scales.size else 0.0
-    return new, report
+    return qt._replace(q=asarray(qt.q, xp), scales=asarray(qt.scales, xp))

@@ -17,9 +17,10 @@ num_epochs, batch_size and gradient_accumulation_steps. lora_r defaults to 8 and
 as in FinLoRA's finetune.py; target_modules defaults to q_proj, k_proj, v_proj (finetune.py's
 fixed choice) and a run may set it. Every key is checked (type and range) and a bad one raises
 MiniLoraError naming the run and the key. quant_bits 16 means an unquantized (float) base; 8 and 4
-quantize the frozen weights. peft_use_dora is read (param-calc counts DoRA's magnitude vectors)
-but minilora does not train DoRA. Only the run asked for is parsed: a broken run elsewhere in the
-file does not block it.
+quantize the frozen weights, in minilora's optional quant_format (absmax by default; nf4, the GGUF
+blocks q8_0 / q4_0 / q4_1, or gguf: keep a .gguf base's own blocks). peft_use_dora is read
+(param-calc counts DoRA's magnitude vectors) but minilora does not train DoRA. Only the run asked
+for is parsed: a broken run elsewhere in the file does not block it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ REQUIRED = ("base_model", "quant_bits")
 TRAINING = ("dataset_path", "learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps")
 OPTIONAL = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"],
             "peft_use_rslora": False, "peft_use_dora": False, "test_dataset_path": None, "seed": 0,
-            "warmup_ratio": 0.1}
+            "warmup_ratio": 0.1, "quant_format": "absmax"}
+# minilora's own key: how quant_bits 8 / 4 store the frozen base (minilora.quant.formats, and "gguf":
+# keep a .gguf base's own blocks). Spelled out here so that param-calc's path stays free of numpy.
+QUANT_FORMATS = {"absmax": (4, 8), "nf4": (4,), "q8_0": (8,), "q4_0": (4,), "q4_1": (4,), "gguf": (4, 8)}
 
 
 @dataclass
@@ -55,6 +59,7 @@ class FinLoraRun:
     test_dataset_path: str | None = None
     seed: int = 0
     warmup_ratio: float = 0.1
+    quant_format: str = "absmax"                   # absmax, nf4, q8_0, q4_0, q4_1 or gguf (QUANT_FORMATS)
 
 
 def _num(run, key, value, kind, positive=True):
@@ -97,6 +102,12 @@ def _check_numbers(name: str, v: dict, training: bool):
             _num(name, k, v[k], (int, float))
     if type(v["quant_bits"]) is not int or v["quant_bits"] not in (4, 8, 16):
         raise MiniLoraError(f"run {name!r}: quant_bits must be 4, 8 or 16, got {v['quant_bits']!r}")
+    fmt = v["quant_format"]
+    if not isinstance(fmt, str) or fmt not in QUANT_FORMATS:
+        raise MiniLoraError(f"run {name!r}: quant_format must be one of {', '.join(QUANT_FORMATS)}, got {fmt!r}")
+    if v["quant_bits"] != 16 and v["quant_bits"] not in QUANT_FORMATS[fmt]:
+        raise MiniLoraError(f"run {name!r}: quant_format {fmt} stores {QUANT_FORMATS[fmt][0]} bits, "
+                            f"but quant_bits is {v['quant_bits']}")
     for k in ("lora_dropout", "warmup_ratio"):
         if not isinstance(v[k], (int, float)) or isinstance(v[k], bool) or not 0 <= v[k] < 1:
             raise MiniLoraError(f"run {name!r}: {k} must be in [0, 1), got {v[k]!r}")

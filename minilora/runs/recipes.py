@@ -23,8 +23,12 @@ def train_config(run: FinLoraRun, lr=None) -> TrainConfig:
 
 
 def load_model(run: FinLoraRun, quant_bits=None):
-    model = from_pretrained(resolve_base(run.base_model), seed=run.seed)
-    model.quantize_base(run.quant_bits if quant_bits is None else quant_bits)
+    """The run's base, its frozen weights stored at quant_bits in the run's quant_format."""
+    bits = run.quant_bits if quant_bits is None else quant_bits
+    keep = run.quant_format == "gguf" and bits != 16
+    model = from_pretrained(resolve_base(run.base_model), seed=run.seed, quant="gguf" if keep else None)
+    if not keep:
+        model.quantize_base(bits, fmt=run.quant_format)
     return model
 
 

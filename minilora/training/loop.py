@@ -117,15 +117,27 @@ def _identity(model, examples, cfg: TrainConfig) -> dict:
         lora={m: [lm.r, lm.alpha, lm.scale, lm.dropout] for m, lm in sorted(model.adapters.modules.items())},
         trainable={n: list(model.params[n].shape) for n in sorted(model.trainable)},
         quantized=sorted(model.quantized),
+        quant_formats=_quant_formats(model),
         n_examples=len(examples),
         data_sha256=_data_sha256(examples),
     )
     return json.loads(json.dumps(ident))
 
 
+def _quant_formats(model) -> list:
+    """The formats the frozen base is stored in (minilora.quant.formats), sorted."""
+    if not model.quantized:
+        return []
+    from minilora.quant import format_of
+
+    return sorted({format_of(qt) for qt in model.quantized.values()})
+
+
 def _check_resume(state: dict, ident: dict, where):
     for key, want in ident.items():
         have = state.get(key)
+        if key == "quant_formats" and have is None:       # checkpoints from before formats: absmax only
+            have = ["absmax"] if state.get("quantized") else []
         if key == "train_config" and isinstance(have, dict):
             for k, v in want.items():
                 if have.get(k) != v:
@@ -137,6 +149,7 @@ def _check_resume(state: dict, ident: dict, where):
                     "lora": "different LoRA settings (modules, r, alpha or dropout)",
                     "trainable": "a different set of trainable parameters or shapes",
                     "quantized": "a differently quantized base",
+                    "quant_formats": f"a base stored as {have}, this one is stored as {want}",
                     "n_examples": f"{have} training examples, this run has {want}",
                     "data_sha256": "different training examples"}[key]
             raise MiniLoraError(f"{where}: checkpoint was made for {what}; cannot resume exactly")
