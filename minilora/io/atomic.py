@@ -68,3 +68,21 @@ def atomic_dir(path):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path, what: str = "output") -> None:
+    """Raise MiniLoraError unless a folder can be written at `path` the way atomic_dir writes it: `path`
+    is a folder or absent, and its nearest existing parent is a folder this process may write in.
+    Called before long work, so that a run does not end in an unwritable output."""
+    from minilora.errors import MiniLoraError
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise MiniLoraError(f"{what} {path}: exists and is not a folder")
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise MiniLoraError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MiniLoraError(f"{what} {path}: no permission to write in {parent}")

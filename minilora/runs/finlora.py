@@ -18,7 +18,8 @@ as in FinLoRA's finetune.py; target_modules defaults to q_proj, k_proj, v_proj (
 fixed choice) and a run may set it. Every key is checked (type and range) and a bad one raises
 MiniLoraError naming the run and the key. quant_bits 16 means an unquantized (float) base; 8 and 4
 quantize the frozen weights. peft_use_dora is read (param-calc counts DoRA's magnitude vectors)
-but minilora does not train DoRA. Only the run asked for is parsed: a broken run elsewhere in the
+but minilora does not train DoRA. train_on_inputs (default false) makes the prompt tokens training
+targets too (by default the loss covers the answer tokens only, see minilora.data.formats). Only the run asked for is parsed: a broken run elsewhere in the
 file does not block it.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ REQUIRED = ("base_model", "quant_bits")
 TRAINING = ("dataset_path", "learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps")
 OPTIONAL = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"],
             "peft_use_rslora": False, "peft_use_dora": False, "test_dataset_path": None, "seed": 0,
-            "warmup_ratio": 0.1}
+            "warmup_ratio": 0.1, "train_on_inputs": False}
 
 
 @dataclass
@@ -55,6 +56,7 @@ class FinLoraRun:
     test_dataset_path: str | None = None
     seed: int = 0
     warmup_ratio: float = 0.1
+    train_on_inputs: bool = False                 # False: the loss covers the answer tokens only
 
 
 def _num(run, key, value, kind, positive=True):
@@ -92,7 +94,7 @@ def parse_run(name: str, d: dict, base_dir: str = ".", training: bool = True) ->
             raise MiniLoraError(f"run {name!r}: {k} must be in [0, 1), got {v[k]!r}")
     if type(v["seed"]) is not int or v["seed"] < 0:
         raise MiniLoraError(f"run {name!r}: seed must be a non-negative integer, got {v['seed']!r}")
-    for k in ("peft_use_rslora", "peft_use_dora"):
+    for k in ("peft_use_rslora", "peft_use_dora", "train_on_inputs"):
         if not isinstance(v[k], bool):
             raise MiniLoraError(f"run {name!r}: {k} must be true or false, got {v[k]!r}")
     if training and v["peft_use_dora"]:
