@@ -1,4 +1,6 @@
-"""Reference LoRA gradients for SmolLM2-135M-Instruct from transformers + PEFT (the oracle), for tests/test_real_model.py.
+"""Reference LoRA gradients for SmolLM2-135M-Instruct from transformers + PEFT (the oracle).
+
+For tests/test_real_model.py.
 
 Runs in an environment with torch, transformers, peft and gguf (not minilora's runtime):
 transformers reads the GGUF file (gguf_file=..., float32), PEFT adds LoRA r=4 (alpha 8) on q_proj

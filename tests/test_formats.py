@@ -40,7 +40,8 @@ def chat_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chat")
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML}))
+        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+         "chat_template": CHATML}))
     return folder
 
 
