@@ -11,7 +11,14 @@ import pytest
 
 from minilora.config import LlamaConfig
 from minilora.data import LABELS, ByteTokenizer, encode_example, load_jsonl, load_tokenizer
-from minilora.data.formats import candidate_labels, encode_record, encode_records, load_records, row_format
+from minilora.data.formats import (
+    candidate_labels,
+    encode_record,
+    encode_records,
+    load_records,
+    prompt_ids,
+    row_format,
+)
 from minilora.errors import MiniLoraError
 from minilora.runs.finlora import parse_run
 from minilora.runs.recipes import ROOT
@@ -70,6 +77,7 @@ def test_chat_template_prompt_and_answer(chat_folder, chat_tok):
     chat = encode_record({"messages": [{"role": "user", "content": "Acme profit rises"},
                                        {"role": "assistant", "content": "positive"}]}, chat_tok, 128)
     assert same == chat == (ids, labels)
+    assert prompt_ids("Acme profit rises", chat_tok) == prompt                # what generation continues from
     _, everything = encode_record({"context": "Acme profit rises", "target": "positive"}, chat_tok, 128,
                                   train_on_inputs=True)
     assert everything == [-100] + ids[1:]
@@ -217,13 +225,16 @@ def test_cli_train_on_a_real_vocab_without_a_tokenizer_is_one_line_exit_2(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_real_demo_uses_every_core_and_the_tiny_demo_one_thread():
+@pytest.mark.parametrize("load, threads", [(0.0, 4), (1.9, 4), (2.0, 1), (6.5, 1)])
+def test_real_demo_uses_every_idle_core_and_the_tiny_demo_one_thread(monkeypatch, load, threads):
     from minilora.cli.demo import blas_threads
     from minilora.cli.main import build_parser
 
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     p = build_parser()
     assert blas_threads(p.parse_args(["demo"])) == 1
-    assert blas_threads(p.parse_args(["demo", "--model", "smollm2-135m-instruct"])) == (os.cpu_count() or 1)
+    assert blas_threads(p.parse_args(["demo", "--model", "smollm2-135m-instruct"])) == threads
     with pytest.raises(MiniLoraError):
         p.parse_args(["demo", "--tiny", "--model", "x"])
 
@@ -235,3 +246,4 @@ def test_choice_accuracy_is_unchanged_on_the_byte_path():
     p, a = pair_ids("Sentiment?\nAcme", "neutral", BYTE)
     ids, labels = encode_example("Sentiment?\nAcme", "neutral", BYTE)
     assert p + a == ids and np.sum(np.asarray(labels) == -100) == len(p)
+    assert prompt_ids("Sentiment?\nAcme", BYTE) == p

@@ -43,7 +43,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def ref():
-    with np.load(REF / "smollm2_lora.npz") as z:
+    with np.load(REF / "smollm2_lora.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

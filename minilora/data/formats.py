@@ -28,7 +28,7 @@ import os
 
 from minilora.data.batching import IGNORE_INDEX, encode_example
 from minilora.data.jsonl import read_json_lines
-from minilora.data.sentiment import LABELS
+from minilora.data.sentiment import LABELS, format_prompt
 from minilora.errors import MiniLoraError
 
 FORMATS = {"context": ("context", "target"), "prompt": ("prompt", "completion"), "messages": ("messages",),
@@ -123,6 +123,14 @@ def pair_ids(prompt: str, answer: str, tokenizer, style: str = "context") -> tup
         return ids[:n], ids[n:]
     return (tokenizer.encode(prompt, add_bos=True, add_eos=False),
             tokenizer.encode(answer, add_bos=False, add_eos=True))
+
+
+def prompt_ids(prompt: str, tokenizer, style: str = "context") -> list:
+    """The prompt ids alone, as pair_ids makes them: what generation continues from."""
+    if uses_chat_template(tokenizer):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    text = format_prompt(prompt) if style == "context" else prompt
+    return tokenizer.encode(text, add_bos=True, add_eos=False)
 
 
 def _chat_ids(tokenizer, before, after) -> tuple[list, list]:

@@ -20,8 +20,7 @@ MiniLoraError naming the run and the key. quant_bits 16 means an unquantized (fl
 quantize the frozen weights. peft_use_dora is read (param-calc counts DoRA's magnitude vectors)
 but minilora does not train DoRA. train_on_inputs (default false) makes the prompt tokens training
 targets too (by default the loss covers the answer tokens only, see minilora.data.formats). Only
-the run asked for is parsed: a broken run elsewhere in the
-file does not block it.
+the run asked for is parsed: a broken run elsewhere in the file does not block it.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@
    format before anything is evaluated.
 5. Accuracy after, and the same three answers with the adapter, side by side with those before.
 6. Merge: the adapter folded into a float copy of the base; merged vs unmerged logits.
+Evaluation and generation run on float_view(model): the quantized weights dequantized once.
 7. A summary table; summary.json beside the adapter.
 
 The run's settings come from configs/finetune_configs.json (sentiment_smollm2_135m_8bits_r8);
@@ -24,8 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from minilora.adapters import LoraConfig, add_lora, merge_lora, trainable_summary
-from minilora.data.formats import candidate_labels, encode_records, pair_ids, prompt_and_answer
+from minilora.adapters import LoraConfig, add_lora, get_adapter, install_adapter, merge_lora, trainable_summary
+from minilora.data.formats import candidate_labels, encode_records, prompt_and_answer, prompt_ids
 from minilora.errors import MiniLoraError
 from minilora.inference.evaluate import choice_accuracy
 from minilora.inference.generate import generate
@@ -46,11 +47,29 @@ def _peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20        # macOS reports bytes
 
 
+def float_view(m):
+    """A model over the same arrays whose quantized base weights are dequantized once, for inference.
+
+    Its weights are the values the quantized model computes with (model.weight dequantizes them on
+    every call), so its outputs are the same, without dequantizing 210 matrices per decoded token.
+    The active adapter's factors are shared, not copied: training m changes the view too.
+    """
+    from minilora.model import LlamaForCausalLM
+
+    params = {n: w for n, w in m.params.items() if n not in m.adapters.param_names()}
+    params.update({n: m.weight(n) for n in m.quantized})
+    view = LlamaForCausalLM(m.config, params, seed=0)
+    if m.adapters.active is not None:
+        st = get_adapter(m, m.adapters.active)
+        install_adapter(view, m.adapters.active, st.config, st.lora, st.factors)
+    return view
+
+
 def answers(model, tok, rows) -> list[str]:
     """Greedy answers (at most GEN_TOKENS tokens, stopping at end-of-turn) to each row's prompt."""
     out = []
     for r in rows:
-        ids, _ = pair_ids(prompt_and_answer(r)[0], "", tok)           # the prompt: the training format
+        ids = prompt_ids(prompt_and_answer(r)[0], tok, "context" if "context" in r else "prompt")
         new = [int(t) for t in generate(model, np.asarray(ids), GEN_TOKENS, eos_token_id=tok.eos_token_id)[len(ids):]]
         new = new[:-1] if new and new[-1] == tok.eos_token_id else new
         out.append(tok.decode(new).strip())
@@ -70,7 +89,7 @@ def _pick_generation_rows(rows, n=3):
 def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config_path=None, run_name=RUN_NAME,
                   max_train=480, max_test=60, progress=True, log=print) -> dict:
     """Run the real-model demo (see the module docstring); returns the summary (also out_dir/summary.json)."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     run = replace(get_run(config_path or default_config_path(), run_name), base_model=model)
     adapter_dir = os.path.join(out_dir, f"adapter_r{run.lora_r}")
     train_rows, test_rows = check_inputs(run, [("output folder", out_dir)])
@@ -98,11 +117,11 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
         f"in the chat template), {len(test_rows)} held-out rows; labels {', '.join(labels)}")
 
     t = time.perf_counter()
-    acc0 = choice_accuracy(m, test_rows, tok, labels, max_len)
+    acc0 = choice_accuracy(float_view(m), test_rows, tok, labels, max_len)
     times["eval zero-shot"] = time.perf_counter() - t
     log(f"zero-shot accuracy: {100 * acc0:.1f}% (chance {100 / len(labels):.1f}%), {times['eval zero-shot']:.1f}s")
     gen_rows = _pick_generation_rows(test_rows)
-    before = answers(m, tok, gen_rows)
+    before = answers(float_view(m), tok, gen_rows)
 
     add_lora(m, LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
                            lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora), seed=run.seed)
@@ -116,10 +135,12 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
     log(f"adapter written to {adapter_dir}/ (PEFT format)")
 
     t = time.perf_counter()
-    acc = choice_accuracy(m, test_rows, tok, labels, max_len)
+    view = float_view(m)
+    acc = choice_accuracy(view, test_rows, tok, labels, max_len)
     times["eval LoRA"] = time.perf_counter() - t
-    after = answers(m, tok, gen_rows)
-    merge = merged_vs_unmerged(m, [e[0] for e in examples[:2]])
+    after = answers(view, tok, gen_rows)
+    merge = merged_vs_unmerged(view, [e[0] for e in examples[:2]])
+    del view
 
     log("")
     log(format_results(run, s, acc0, acc, res.seconds, peak / 2**20))
@@ -135,18 +156,20 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
                    generations=[dict(zip(("prompt", "label"), prompt_and_answer(r), strict=True), before=b, after=a)
                                 for r, b, a in zip(gen_rows, before, after, strict=True)],
                    merge_max_abs_diff=merge["max_abs_diff"], merge_rel_diff=merge["rel_diff"],
-                   adapter_dir=adapter_dir, peak_rss_mb=_peak_rss_mb(), seconds=time.perf_counter() - t_start)
+                   adapter_dir=adapter_dir, peak_rss_mb=_peak_rss_mb(), seconds=time.perf_counter() - t_start,
+                   cpu_seconds=time.process_time() - cpu_start, load_average=os.getloadavg(),
+                   blas_threads=os.environ.get("OPENBLAS_NUM_THREADS"))
     write_json(os.path.join(out_dir, "summary.json"), summary)
     log(f"peak RSS {summary['peak_rss_mb']:.0f} MB; wrote {os.path.join(out_dir, 'summary.json')}")
-    log(f"\nreal-model demo finished in {summary['seconds']:.0f}s")
+    log(f"\nreal-model demo finished in {summary['seconds']:.0f}s (CPU time {summary['cpu_seconds']:.0f}s with "
+        f"{summary['blas_threads']} BLAS threads; load average {summary['load_average'][0]:.1f})")
     return summary
 
 
 def merged_vs_unmerged(m, seqs) -> dict:
-    """Dequantize the base, then compare the logits with the adapter unmerged and merged (m is merged after)."""
+    """Logits of a float model with its adapter unmerged, then merged (m is merged after)."""
     n = min(len(s) for s in seqs)
     batch = np.asarray([s[:n] for s in seqs])                                     # (B, n)
-    m.dequantize_base()
     unmerged = m.forward(batch)                                                   # (B, n, V)
     merge_lora(m)
     diff = float(np.max(np.abs(m.forward(batch) - unmerged)))
