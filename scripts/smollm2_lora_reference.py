@@ -10,7 +10,8 @@ ending with <|im_end|>, labels -100 on the prompt) goes forward and backward. Wr
 
     tests/reference/smollm2_lora/            the PEFT adapter (adapter_config.json, adapter_model.safetensors)
     tests/reference/smollm2_lora.npz         input_ids, labels, loss, and the gradients of the lora_A / lora_B
-                                             factors of q_proj and v_proj in layers 0, 15 and 29 (minilora's names)
+                                             factors of q_proj and v_proj in layers 0, 15 and 29 (minilora's names);
+                                             loss64 / grad64/...: the same base and adapter run again in float64
 
 The prompt ids come from transformers' own tokenizer and chat template; the answer is the
 assistant turn rendered by the template, cut after its <|im_end|> (the newline the template writes
@@ -45,6 +46,32 @@ def labelled_ids(tok):
     cut = len(full) - full[::-1].index(end)                          # through the last <|im_end|>
     ids = full[:cut]
     return ids, [-100] * len(prompt) + ids[len(prompt):]
+
+
+def chosen_grads(model, prefix) -> dict:
+    """{prefix + minilora name: gradient} of the lora factors in LAYERS."""
+    grads = {}
+    for n, prm in model.named_parameters():
+        if "lora_" in n and int(n.split(".layers.")[1].split(".")[0]) in LAYERS:
+            ours = n.replace("base_model.model.", "", 1).replace(".default.weight", ".weight")
+            grads[prefix + ours] = prm.grad.detach().numpy().copy()
+    return grads
+
+
+def float64_run(folder, name, adapter_dir, ids, labels):
+    """(loss, gradients) of the same base and saved adapter in float64, which the test compares with
+    minilora in float64 (deterministic on every BLAS build)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float64,
+                                                attn_implementation="eager")
+    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True).double()
+    out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                labels=torch.tensor([labels]))
+    out.loss.backward()
+    return out.loss.item(), chosen_grads(model, "grad64/")
 
 
 def main(argv=None) -> int:
@@ -82,14 +109,7 @@ def main(argv=None) -> int:
                 labels=torch.tensor([labels]))
     out.loss.backward()
 
-    grads = {}
-    for n, prm in model.named_parameters():
-        if "lora_" not in n:
-            continue
-        layer = int(n.split(".layers.")[1].split(".")[0])
-        if layer in LAYERS:
-            ours = n.replace("base_model.model.", "", 1).replace(".default.weight", ".weight")
-            grads["grad/" + ours] = prm.grad.detach().numpy().astype(np.float32)
+    grads = chosen_grads(model, "grad/")
     adapter_dir = os.path.join(REF, "smollm2_lora")
     shutil.rmtree(adapter_dir, ignore_errors=True)
     model.save_pretrained(adapter_dir)
@@ -106,9 +126,10 @@ def main(argv=None) -> int:
     about = {"about": "transformers + PEFT on the GGUF (scripts/smollm2_lora_reference.py); float32",
              "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
              "question": QUESTION, "answer": ANSWER}
+    loss64, grads64 = float64_run(folder, name, adapter_dir, ids, labels)
     np.savez_compressed(os.path.join(REF, "smollm2_lora.npz"), input_ids=np.asarray(ids, np.int64),
                         labels=np.asarray(labels, np.int64), loss=np.float64(out.loss.item()),
-                        about=np.asarray(json.dumps(about)), **grads)
+                        loss64=np.float64(loss64), about=np.asarray(json.dumps(about)), **grads, **grads64)
     print(f"wrote {adapter_dir}/ and smollm2_lora.npz: {len(ids)} ids, loss {out.loss.item():.6f}, "
           f"{len(grads)} gradients")
     return 0

@@ -3,7 +3,12 @@ and the chat-template training format. Skips unless `minilora fetch smollm2-135m
 
 The expected values (tests/reference/smollm2_lora.npz and the adapter in tests/reference/smollm2_lora/)
 were written by transformers and PEFT (scripts/smollm2_lora_reference.py, oracle environment);
-minilora does not produce them. The model loads once for the module (several seconds).
+minilora does not produce them. The model loads once for the module (several seconds), in float64,
+and is compared with the oracle's float64 run of the same base and adapter: our side is then the
+same on every BLAS build. Measured: loss within 1.2e-6, gradients within 7.5e-5 relative (layer 29
+v_proj lora_B; float32 on both sides gives 7.8e-5, and the oracle's float32 and float64 runs agree
+to 6.3e-6, so it is a difference between the implementations, not rounding; transformers keeps
+RMSNorm, the RoPE tables and the loss in float32 even for a float64 model, a candidate cause).
 """
 import json
 from pathlib import Path
@@ -36,7 +41,7 @@ def smollm2():
         path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
     except MiniLoraError as e:
         pytest.skip(str(e))
-    model = from_pretrained(path)
+    model = from_pretrained(path, dtype="float64")
     load_adapter(model, str(REF / "smollm2_lora"))
     return model, load_tokenizer(path, model.config)
 
@@ -51,7 +56,7 @@ def test_reference_is_small_and_covers_first_middle_last_layers(ref):
     assert (REF / "smollm2_lora.npz").stat().st_size < 500_000
     grads = [k for k in ref if k.startswith("grad/")]
     layers = {int(k.split(".layers.")[1].split(".")[0]) for k in grads}
-    assert layers == {0, 15, 29} and len(grads) == 12
+    assert layers == {0, 15, 29} and len(grads) == 12 and len([k for k in ref if k.startswith("grad64/")]) == 12
     assert all(np.abs(ref[k]).max() > 0 for k in grads)                 # B was nonzero: A has a gradient too
 
 
@@ -59,9 +64,10 @@ def test_lora_loss_and_gradients_equal_peft(smollm2, ref):
     model, _ = smollm2
     assert model.trainable == model.adapters.param_names()
     loss, grads = model.loss_and_grads(ref["input_ids"][None], ref["labels"][None], train=True)
-    assert abs(float(loss) - float(ref["loss"])) <= 1e-4 * abs(float(ref["loss"]))
-    for key in (k for k in ref if k.startswith("grad/")):
-        name = key[len("grad/"):]
+    assert abs(float(loss) - float(ref["loss64"])) <= 1e-4 * abs(float(ref["loss64"]))
+    assert abs(float(ref["loss"]) - float(ref["loss64"])) <= 1e-5 * abs(float(ref["loss64"]))   # float32 agrees
+    for key in (k for k in ref if k.startswith("grad64/")):
+        name = key[len("grad64/"):]
         assert grads[name].shape == ref[key].shape, name
         assert rel_error(grads[name], ref[key]) < 1e-4, (name, rel_error(grads[name], ref[key]))
 
