@@ -112,7 +112,7 @@ def _finlora_base(base_model: str, where: str, resolve_base):
     except ParamCalcError:
         pass
     try:
-        folder = resolve_base(base_model)
+        folder = resolve_base(base_model, fetch_missing=False)      # counting never downloads a model
     except Exception:  # noqa: BLE001 - any failure here means "not a known base"
         folder = None
     if folder and os.path.isfile(os.path.join(folder, "config.json")):

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(c)
         COMMANDS[mod.NAME] = mod.run
+        if hasattr(mod, "blas_threads"):
+            THREADS[mod.NAME] = mod.blas_threads
     return p
 
 
@@ -55,13 +57,14 @@ def _command_modules():
 
 
 COMMANDS: dict = {}     # NAME -> run, filled by build_parser from the subcommand modules
+THREADS: dict = {}      # NAME -> blas_threads(args), for the modules that define one
 
 
 def main(argv=None) -> int:
-    # One BLAS thread per process unless the caller chose otherwise: minilora's matrices are small,
-    # where a second OpenBLAS thread mostly spins, and the demo runs one process per core. This must
-    # happen before numpy is first imported (nothing above imports it).
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # One BLAS thread per process unless the caller or the command chose otherwise: minilora's tiny
+    # matrices are small, where a second OpenBLAS thread mostly spins, and the tiny demo runs one
+    # process per core; a command module may ask for more (blas_threads(args), e.g. the real-model
+    # demo). This must happen before numpy is first imported: parsing imports no numpy.
     from minilora.io.console import check_stdout, finish_stdout, stdout_error
 
     parser = build_parser()
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS.get(args.command, lambda a: 1)(args)))
         code = COMMANDS[args.command](args)
         finish_stdout()
         return code

@@ -30,10 +30,11 @@ def write_jsonl(path, rows) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def load_jsonl(path) -> list[dict]:
-    """Read FinLoRA-style JSON lines; every row needs string 'context' and 'target'.
+def read_json_lines(path) -> list[tuple[int, object]]:
+    """[(line number, parsed JSON value), ...] of a JSON-lines file; blank lines are skipped.
 
-    Blank lines are skipped; any other bad line raises MiniLoraError naming path and line number.
+    An unreadable file, a non-UTF-8 byte, invalid JSON or a file with no rows raises MiniLoraError
+    naming the path (and the line). The values are not checked: load_jsonl and data/formats.py do that.
     """
     path = os.fspath(path)
     try:
@@ -41,20 +42,32 @@ def load_jsonl(path) -> list[dict]:
             lines = f.read().split("\n")
     except FileNotFoundError:
         raise MiniLoraError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MiniLoraError(f"{path}: is a folder, not a JSON-lines file") from None
     except OSError as e:
         raise MiniLoraError(f"{path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise MiniLoraError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    rows = []
+    values = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            values.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
             raise MiniLoraError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
-        _check_row(row, f"{path}: line {lineno}")
-        rows.append(row)
-    if not rows:
+    if not values:
         raise MiniLoraError(f"{path}: no rows (empty file)")
+    return values
+
+
+def load_jsonl(path) -> list[dict]:
+    """Read FinLoRA-style JSON lines; every row needs string 'context' and 'target'.
+
+    Blank lines are skipped; any other bad line raises MiniLoraError naming path and line number.
+    """
+    rows = []
+    for lineno, row in read_json_lines(path):
+        _check_row(row, f"{os.fspath(path)}: line {lineno}")
+        rows.append(row)
     return rows

@@ -7,11 +7,16 @@ candidate, so it runs once: rows with prompts of equal length are prefilled toge
 cache (minilora.inference.generate), the cache is copied per candidate, and only the answer tokens run
 again. This gives the same scores as running every full sequence (tests/test_evaluate.py) for
 about a third of the work.
+
+Rows are {context, target} or {prompt, completion}; prompt and candidates are tokenized exactly as
+training tokenizes them (minilora.data.formats.pair_ids): in the model's chat template when its
+tokenizer has one (the candidate as the assistant turn, through the end-of-turn token), else in
+minilora's plain format.
 """
 from __future__ import annotations
 
 from minilora.backend import asarray
-from minilora.data.batching import encode_example
+from minilora.data.formats import pair_ids, prompt_and_answer
 from minilora.errors import MiniLoraError
 from minilora.inference.generate import KVCache, forward_cached
 
@@ -26,10 +31,13 @@ def choice_scores(model, rows, tokenizer, labels, max_len: int = 128, group: int
     xp = model.xp
     prompts, answers = [], []
     for r in rows:
-        per = [encode_example(r["context"], lab, tokenizer, max_len) for lab in labels]
-        n_prompt = sum(1 for t in per[0][1] if t == -100)
-        prompts.append(per[0][0][:n_prompt])
-        answers.append([ids[n_prompt:] for ids, _ in per])
+        prompt, _ = prompt_and_answer(r)
+        per = [pair_ids(prompt, lab, tokenizer, style="context" if "context" in r else "prompt") for lab in labels]
+        longest = max(len(p) + len(a) for p, a in per)
+        if longest > max_len:
+            raise MiniLoraError(f"example is {longest} tokens, longer than max_len={max_len}; shorten the context")
+        prompts.append(per[0][0])
+        answers.append([a for _, a in per])
     by_len: dict = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
@@ -63,5 +71,5 @@ def choice_accuracy(model, rows, tokenizer, labels, max_len: int = 128):
         raise MiniLoraError("no rows to evaluate")
     scores = choice_scores(model, rows, tokenizer, labels, max_len)
     best = [labels[max(range(len(labels)), key=s.__getitem__)] for s in scores]
-    hits = sum(b == r["target"] for b, r in zip(best, rows, strict=True))
+    hits = sum(b == prompt_and_answer(r)[1] for b, r in zip(best, rows, strict=True))
     return hits / len(rows)

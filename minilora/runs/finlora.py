@@ -19,8 +19,10 @@ fixed choice) and a run may set it. Every key is checked (type and range) and a 
 MiniLoraError naming the run and the key. quant_bits 16 means an unquantized (float) base; 8 and 4
 quantize the frozen weights, in minilora's optional quant_format (absmax by default; nf4, the GGUF
 blocks q8_0 / q4_0 / q4_1, or gguf: keep a .gguf base's own blocks). peft_use_dora is read
-(param-calc counts DoRA's magnitude vectors) but minilora does not train DoRA. Only the run asked
-for is parsed: a broken run elsewhere in the file does not block it.
+(param-calc counts DoRA's magnitude vectors) but minilora does not train DoRA. train_on_inputs
+(default false) makes the prompt tokens training targets too (by default the loss covers the
+answer tokens only, see minilora.data.formats). Only the run asked for is parsed: a broken run
+elsewhere in the file does not block it.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ REQUIRED = ("base_model", "quant_bits")
 TRAINING = ("dataset_path", "learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps")
 OPTIONAL = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"],
             "peft_use_rslora": False, "peft_use_dora": False, "test_dataset_path": None, "seed": 0,
-            "warmup_ratio": 0.1, "quant_format": "absmax"}
+            "warmup_ratio": 0.1, "quant_format": "absmax", "train_on_inputs": False}
 # minilora's own key: how quant_bits 8 / 4 store the frozen base (minilora.quant.formats, and "gguf":
 # keep a .gguf base's own blocks). Spelled out here so that param-calc's path stays free of numpy.
 QUANT_FORMATS = {"absmax": (4, 8), "nf4": (4,), "q8_0": (8,), "q4_0": (4,), "q4_1": (4,), "gguf": (4, 8)}
@@ -60,6 +62,7 @@ class FinLoraRun:
     seed: int = 0
     warmup_ratio: float = 0.1
     quant_format: str = "absmax"                   # absmax, nf4, q8_0, q4_0, q4_1 or gguf (QUANT_FORMATS)
+    train_on_inputs: bool = False                  # False: the loss covers the answer tokens only
 
 
 def _num(run, key, value, kind, positive=True):
@@ -117,7 +120,7 @@ def _check_numbers(name: str, v: dict, training: bool):
 
 def _check_flags_and_names(name: str, v: dict, training: bool):
     """Booleans, target_modules and the path strings."""
-    for k in ("peft_use_rslora", "peft_use_dora"):
+    for k in ("peft_use_rslora", "peft_use_dora", "train_on_inputs"):
         if not isinstance(v[k], bool):
             raise MiniLoraError(f"run {name!r}: {k} must be true or false, got {v[k]!r}")
     if training and v["peft_use_dora"]:
