@@ -198,7 +198,7 @@ def test_train_uses_the_models_chat_template_and_evaluates_after_saving(tmp_path
 
 @pytest.mark.parametrize("breakage, match", [
     ("no_data", "train.jsonl: no such file"), ("bad_test", "test.jsonl: line 1: not a known row format"),
-    ("out_is_file", "output folder .* exists and is not a folder"), ("text_test", "'text' rows cannot be used here")])
+    ("out_is_file", "output folder .* is a file, not a folder"), ("text_test", "'text' rows cannot be used here")])
 def test_inputs_are_checked_before_any_model_is_loaded(tmp_path, monkeypatch, breakage, match):
     import minilora.runs.recipes as recipes
 

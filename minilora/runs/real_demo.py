@@ -92,7 +92,7 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
     t_start, cpu_start = time.perf_counter(), time.process_time()
     run = replace(get_run(config_path or default_config_path(), run_name), base_model=model)
     adapter_dir = os.path.join(out_dir, f"adapter_r{run.lora_r}")
-    train_rows, test_rows = check_inputs(run, [("output folder", out_dir)])
+    train_rows, test_rows = check_inputs(run, [("output folder", out_dir, "folder")])
     if not test_rows:
         raise MiniLoraError(f"run {run_name!r} has no test_dataset_path to measure accuracy on")
     train_rows, test_rows = train_rows[:max_train], test_rows[:max_test]
