@@ -31,7 +31,7 @@ from minilora.adapters import LoraConfig, add_lora  # noqa: E402
 from minilora.backend import asarray, get_xp, to_numpy  # noqa: E402
 from minilora.config import LlamaConfig  # noqa: E402
 from minilora.model import LlamaForCausalLM  # noqa: E402
-from minilora.training.loop import TrainConfig, TrainingInterrupted, fit  # noqa: E402
+from minilora.training import TrainConfig, TrainingInterrupted, fit  # noqa: E402
 
 CFG = LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)

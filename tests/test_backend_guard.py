@@ -34,6 +34,8 @@ HOST = {
     "data/tokenizer.py": "text <-> ids on the host",
     "runs/demo.py": "a CLI-level driver",
     "runs/demo_linear.py": "a CLI-level driver",
+    "runs/real_demo.py": "a CLI-level driver",
+    "quant/nf4.py": "the 16-entry code table and its byte lookup are built on the host, then moved with xp.asarray",
     "bench/harness.py": "the benchmark harness",
     "bench/torch_ref.py": "the PyTorch reference for the benchmark",
     "bench/tools.py": "the benchmark's timers and machine description",

@@ -15,7 +15,7 @@ from minilora.config import LlamaConfig
 from minilora.gradcheck import check_gradient
 from minilora.layers.lora import lora_backward, lora_forward
 from minilora.model import LlamaForCausalLM
-from minilora.training.loop import TrainConfig, fit
+from minilora.training import TrainConfig, fit
 
 CFG = LlamaConfig(vocab_size=31, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)

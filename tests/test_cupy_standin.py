@@ -137,7 +137,7 @@ def test_backend_case_on_standin(case, cp):
 def test_training_with_dropout_checkpoints_and_resume(standin, cp, tmp_path):
     from test_resume import EX, LCFG, TCFG, Interrupt
 
-    from minilora.training.loop import TrainingInterrupted, fit, total_steps
+    from minilora.training import TrainingInterrupted, fit, total_steps
 
     def fresh():
         m = LlamaForCausalLM.init(CFG, seed=3, dtype="float64", xp=cp)

@@ -155,7 +155,7 @@ def test_finlora_quant_format_key(tmp_path, q4_file):
 def test_resume_refuses_a_base_stored_in_another_format(tmp_path):
     from test_resume import CFG, EX, LCFG, TCFG
 
-    from minilora.training.loop import fit
+    from minilora.training import fit
 
     def model_in(fmt):
         m = LlamaForCausalLM.init(CFG, seed=3)

@@ -62,7 +62,7 @@ def test_float16_lora_trains_20_steps_without_nan():
     from minilora.config import LlamaConfig
     from minilora.data import ByteTokenizer, encode_example
     from minilora.model import LlamaForCausalLM
-    from minilora.training.loop import TrainConfig, fit
+    from minilora.training import TrainConfig, fit
 
     tok = ByteTokenizer()
     cfg = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

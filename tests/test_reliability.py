@@ -21,8 +21,8 @@ from minilora.io.atomic import atomic_dir, atomic_path, write_json
 from minilora.io.peft import load_adapter, save_adapter
 from minilora.model import LlamaForCausalLM
 from minilora.runs.finlora import get_run, load_runs
+from minilora.training import TrainConfig, fit
 from minilora.training.checkpoint import load_checkpoint
-from minilora.training.loop import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=2,

@@ -25,8 +25,8 @@ from minilora.io.atomic import atomic_dir, write_json
 from minilora.io.destination import check_output_location
 from minilora.io.peft import load_adapter, read_adapter_factors, save_adapter
 from minilora.model import LlamaForCausalLM
+from minilora.training import TrainConfig, fit
 from minilora.training.checkpoint import load_checkpoint, save_checkpoint
-from minilora.training.loop import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=2,

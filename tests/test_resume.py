@@ -12,8 +12,8 @@ from minilora.adapters import LoraConfig, add_lora
 from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError
 from minilora.model import LlamaForCausalLM
+from minilora.training import TrainConfig, TrainingInterrupted, fit, total_steps
 from minilora.training.checkpoint import load_checkpoint, save_checkpoint
-from minilora.training.loop import TrainConfig, TrainingInterrupted, fit, total_steps
 
 CFG = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)

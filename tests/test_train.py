@@ -8,7 +8,7 @@ from minilora.config import LlamaConfig
 from minilora.data import ByteTokenizer, encode_example
 from minilora.errors import MiniLoraError
 from minilora.model import LlamaForCausalLM
-from minilora.training.loop import TrainConfig, fit, total_steps
+from minilora.training import TrainConfig, fit, total_steps
 
 CFG = LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)

@@ -15,7 +15,8 @@ from minilora.io.destination import check_output_location
 from minilora.io.peft import save_adapter
 from minilora.runs.finlora import FinLoraRun, get_run
 from minilora.runs.registry import BASE_NAME, ROOT, base_dir, default_config_path, resolve_base  # noqa: F401
-from minilora.training.loop import TrainConfig, fit
+from minilora.training.config import TrainConfig
+from minilora.training.loop import fit
 
 
 def train_config(run: FinLoraRun, lr=None) -> TrainConfig:

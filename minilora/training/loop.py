@@ -19,172 +19,25 @@ Faults:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
 import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from minilora.backend import asarray, backend_name, to_numpy
 from minilora.data.batching import iterate_batches, num_batches
 from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.io.destination import check_output_location
-from minilora.training.checkpoint import checkpoint_rng, load_checkpoint, rng_restore, rng_snapshot, save_checkpoint
+from minilora.training.checkpoint import load_checkpoint, rng_snapshot, save_checkpoint
+from minilora.training.config import TrainConfig, TrainingInterrupted, TrainResult, total_steps
 from minilora.training.optim import AdamW, clip_grad_norm, cosine_schedule
-
-
-@dataclass
-class TrainConfig:
-    learning_rate: float = 1e-3           # peak learning rate
-    num_epochs: int = 1                   # passes over the training examples
-    batch_size: int = 8                   # examples per micro-batch
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    warmup_ratio: float = 0.1             # fraction of steps with linear warmup
-    min_lr_ratio: float = 0.0             # the cosine decays to this fraction of the peak
-    weight_decay: float = 0.0             # AdamW decoupled weight decay
-    max_grad_norm: float = 1.0            # global gradient clipping (0: off)
-    seed: int = 0                         # data order
-    eval_every: int = 0                   # optimizer steps between evaluations (0: per epoch)
-
-    def __post_init__(self):
-        for name, low in (("num_epochs", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
-                          ("seed", 0), ("eval_every", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
-                raise MiniLoraError(f"TrainConfig.{name} must be an integer >= {low}, got {v!r}")
-        for name, low, high, open_low in (("learning_rate", 0.0, math.inf, True),
-                                          ("warmup_ratio", 0.0, 1.0, False), ("min_lr_ratio", 0.0, 1.0, False),
-                                          ("weight_decay", 0.0, math.inf, False),
-                                          ("max_grad_norm", 0.0, math.inf, False)):
-            v = getattr(self, name)
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) \
-                and (v > low if open_low else v >= low) and v <= high
-            if not ok:
-                span = f"> {low:g}" if open_low else (f"in [{low:g}, {high:g}]" if high < math.inf
-                                                       else f">= {low:g}")
-                raise MiniLoraError(f"TrainConfig.{name} must be a finite number {span}, got {v!r}")
-
-
-@dataclass
-class TrainResult:
-    losses: list = field(default_factory=list)       # mean loss of each optimizer step
-    evals: list = field(default_factory=list)        # (step, metric dict)
-    steps: int = 0
-    seconds: float = 0.0
-    checkpoint: str | None = None                    # the last checkpoint written (or resumed from)
-    resumed_from: int | None = None                  # the step a resumed run started at
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during fit, raised after the resumable checkpoint (if any) was written.
-
-    .checkpoint: its folder (None without checkpoint_dir); .step: optimizer steps it holds.
-    """
-
-    def __init__(self, message: str, checkpoint=None, step: int = 0):
-        super().__init__(message)
-        self.checkpoint, self.step = checkpoint, step
-
-
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
-    per_epoch = math.ceil(num_batches(n_examples, cfg.batch_size) / cfg.gradient_accumulation_steps)
-    return per_epoch * cfg.num_epochs
+from minilora.training.resume import check_counters, check_resume, restore, run_identity
 
 
 # settings that do not change the trajectory may differ between a run and its resume
-_FREE_FIELDS = ("eval_every",)
-
-
-def _data_sha256(examples) -> str:
-    """A fingerprint of the training examples (token ids and labels, in order)."""
-    h = hashlib.sha256()
-    for ids, labels in examples:
-        h.update(len(ids).to_bytes(8, "little"))
-        h.update(json.dumps([list(map(int, ids)), list(map(int, labels))]).encode())
-    return h.hexdigest()
-
-
-def _identity(model, examples, cfg: TrainConfig) -> dict:
-    """What a checkpoint must agree with to be resumed by this run (JSON-normalised)."""
-    ident = dict(
-        train_config={k: v for k, v in asdict(cfg).items() if k not in _FREE_FIELDS},
-        model_config=model.config.to_dict(),
-        dtype=str(model.dtype),
-        lora={m: [lm.r, lm.alpha, lm.scale, lm.dropout] for m, lm in sorted(model.adapters.modules.items())},
-        trainable={n: list(model.params[n].shape) for n in sorted(model.trainable)},
-        quantized=sorted(model.quantized),
-        quant_formats=_quant_formats(model),
-        n_examples=len(examples),
-        data_sha256=_data_sha256(examples),
-    )
-    return json.loads(json.dumps(ident))
-
-
-def _quant_formats(model) -> list:
-    """The formats the frozen base is stored in (minilora.quant.formats), sorted."""
-    if not model.quantized:
-        return []
-    from minilora.quant import format_of
-
-    return sorted({format_of(qt) for qt in model.quantized.values()})
-
-
-def _check_resume(state: dict, ident: dict, where):
-    for key, want in ident.items():
-        have = state.get(key)
-        if key == "quant_formats" and have is None:       # checkpoints from before formats: absmax only
-            have = ["absmax"] if state.get("quantized") else []
-        if key == "train_config" and isinstance(have, dict):
-            for k, v in want.items():
-                if have.get(k) != v:
-                    raise MiniLoraError(f"{where}: checkpoint was made with {k}={have.get(k)!r}, this run has "
-                                        f"{k}={v!r}; resume with the same training settings")
-            continue
-        if have != want:
-            what = {"model_config": "a different model config", "dtype": f"dtype {have}, this model is {want}",
-                    "lora": "different LoRA settings (modules, r, alpha or dropout)",
-                    "trainable": "a different set of trainable parameters or shapes",
-                    "quantized": "a differently quantized base",
-                    "quant_formats": f"a base stored as {have}, this one is stored as {want}",
-                    "n_examples": f"{have} training examples, this run has {want}",
-                    "data_sha256": "different training examples"}[key]
-            raise MiniLoraError(f"{where}: checkpoint was made for {what}; cannot resume exactly")
-
-
-def _restore(model, opt: AdamW, ckpt, where):
-    """Put the checkpoint's weights, moments and generator state into model and opt."""
-    for name in model.trainable:
-        arr = ckpt.params.get(name)
-        if arr is None:
-            raise MiniLoraError(f"{where}: checkpoint lacks trainable parameter {name}")
-        have = model.params[name]
-        if tuple(arr.shape) != tuple(have.shape) or arr.dtype != have.dtype:
-            raise MiniLoraError(f"{where}: {name} is {arr.dtype}{tuple(arr.shape)} in the checkpoint, "
-                                f"the model needs {have.dtype}{tuple(have.shape)}")
-    extra = sorted(set(ckpt.params) - set(model.trainable))
-    if extra:
-        raise MiniLoraError(f"{where}: checkpoint holds {extra[0]}, which this model does not train")
-    moments = {}
-    for key, arr in ckpt.optimizer.items():
-        name = key[2:]
-        if key[:2] not in ("m.", "v.") or name not in model.trainable \
-                or tuple(arr.shape) != tuple(model.params[name].shape):
-            raise MiniLoraError(f"{where}: unexpected optimizer entry {key} {tuple(arr.shape)}")
-        moments[key] = asarray(arr, model.xp)
-    if ckpt.state["optimizer_step"] and len(moments) != 2 * len(model.trainable):
-        raise MiniLoraError(f"{where}: optimizer moments are missing for some trainable parameters")
-    snap = checkpoint_rng(ckpt)
-    if snap is not None:
-        rng_restore(model.rng, snap)          # first: it is the last check that can fail
-    for name in model.trainable:
-        model.params[name] = asarray(ckpt.params[name], model.xp).copy()
-    opt.load_state_dict(moments, step_count=ckpt.state["optimizer_step"])
-
-
 def _quiet_overflow(model):
     """NumPy's overflow / invalid-value warnings off (the loss check reports a non-finite step)."""
     if backend_name(model.xp) == "numpy":
@@ -314,7 +167,7 @@ def _prepare(model, examples, cfg, checkpoint_dir, resume_from) -> _Run:
     n_total = total_steps(len(examples), cfg)
     run = _Run(model, examples, cfg, AdamW(lr=cfg.learning_rate, weight_decay=cfg.weight_decay), checkpoint_dir,
                n_total, num_batches(len(examples), cfg.batch_size), int(cfg.warmup_ratio * n_total),
-               _identity(model, examples, cfg) if (checkpoint_dir or resume_from) else None)
+               run_identity(model, examples, cfg) if (checkpoint_dir or resume_from) else None)
     if resume_from is not None:
         _resume(run, resume_from)
     run.rng_snap = rng_snapshot(model.rng) if checkpoint_dir else None   # the generator at `pos`
@@ -324,32 +177,19 @@ def _prepare(model, examples, cfg, checkpoint_dir, resume_from) -> _Run:
 def _resume(run: _Run, resume_from):
     """Check a checkpoint against this run, then restore weights, moments, generator and position."""
     ckpt, cfg, result = load_checkpoint(resume_from), run.cfg, run.result
-    _check_resume(ckpt.state, run.ident, resume_from)
+    check_resume(ckpt.state, run.ident, resume_from)
     pos = (ckpt.state["epoch"], ckpt.state["batch"])
     if pos[0] > cfg.num_epochs or pos[1] >= run.n_micro_epoch or pos[1] % cfg.gradient_accumulation_steps \
             or (pos[0] == cfg.num_epochs and pos[1]) or ckpt.state["step"] != len(ckpt.state["losses"]):
         raise MiniLoraError(f"{resume_from}: inconsistent checkpoint position "
                             f"(step {ckpt.state['step']}, epoch {pos[0]}, batch {pos[1]})")
-    _check_counters(ckpt.state, run, pos, resume_from)
-    _restore(run.model, run.opt, ckpt, resume_from)
+    check_counters(ckpt.state, pos, run.n_micro_epoch, run.n_total, cfg.gradient_accumulation_steps, resume_from)
+    restore(run.model, run.opt, ckpt, resume_from)
     run.pos = pos
     result.losses = [float(x) for x in ckpt.state["losses"]]
     result.evals = [(int(s), e) for s, e in ckpt.state.get("evals", [])]
     result.steps = result.resumed_from = ckpt.state["step"]
     result.checkpoint = str(resume_from)
-
-
-def _check_counters(state: dict, run: _Run, pos, where):
-    """The step counters of a checkpoint agree with each other and with its data position."""
-    per_epoch = math.ceil(run.n_micro_epoch / run.cfg.gradient_accumulation_steps)
-    want = pos[0] * per_epoch + pos[1] // run.cfg.gradient_accumulation_steps
-    counters = {"step": state["step"], "optimizer_step": state["optimizer_step"],
-                "schedule_step": state.get("schedule_step", want), "total_steps": state.get("total_steps", run.n_total)}
-    for key, value in counters.items():
-        expected = run.n_total if key == "total_steps" else want
-        if value != expected:
-            raise MiniLoraError(f"{where}: inconsistent checkpoint: {key} is {value!r}, but epoch {pos[0]}, batch "
-                                f"{pos[1]} means {expected} (the state was edited or is corrupt)")
 
 
 def _micro_batch(run: _Run, ids, labels, epoch: int, k: int) -> bool:
