@@ -35,6 +35,7 @@ HOST = {
     "runs/demo.py": "a CLI-level driver",
     "runs/demo_linear.py": "a CLI-level driver",
     "runs/real_demo.py": "a CLI-level driver",
+    "quant/gguf_blocks.py": "quantizing runs the gguf package's reference quantizer on the host; unpacking is xp",
     "quant/nf4.py": "the 16-entry code table and its byte lookup are built on the host, then moved with xp.asarray",
     "bench/harness.py": "the benchmark harness",
     "bench/torch_ref.py": "the PyTorch reference for the benchmark",
