@@ -42,6 +42,7 @@ HOST = {
     "bench/tools.py": "the benchmark's timers and machine description",
     "bench/models.py": "the benchmark's host-built batches and configs",
     "exercises.py": "the learner's checkers: float64 NumPy references and finite differences",
+    "io/gguf_adapter.py": "GGUF adapter files are written from host arrays",
     "io/gguf.py": "GGUF files are read on the host (the gguf package dequantizes with NumPy)",
     "analysis/report.py": "writes tables and plots from host copies",
     "analysis/plots.py": "matplotlib needs host arrays",
