@@ -227,8 +227,13 @@ def test_counts_equal_minilora_config_shapes(h_mult, heads, kv_div, inter, layer
             n *= s
         sizes += n
     assert a.base_params == sizes
-    want = sum(r * (fin + fout) for name, (fin, fout) in cfg.linear_modules().items()
-               if (name != "lm_head" if targets == "all-linear" else name_matches(name, targets)))
+    chosen = {name: dims for name, dims in cfg.linear_modules().items()
+              if (name != "lm_head" if targets == "all-linear" else name_matches(name, targets))}
+    if r > min(min(dims) for dims in chosen.values()):          # both sides refuse such a rank
+        with pytest.raises(ParamCalcError, match="exceeds min"):
+            count_lora(a, r, targets)
+        return
+    want = sum(r * (fin + fout) for fin, fout in chosen.values())
     assert count_lora(a, r, targets).lora_params == want
 
 
