@@ -25,7 +25,7 @@ from minilora.layers.attention import attention_backward, attention_forward
 from minilora.layers.embedding import embedding_backward, embedding_forward
 from minilora.layers.linear import linear_backward, linear_forward
 from minilora.layers.lora import lora_backward, lora_forward
-from minilora.layers.loss import cross_entropy_forward, cross_entropy_fused
+from minilora.layers.loss import head_cross_entropy
 from minilora.layers.mlp import swiglu_backward, swiglu_forward
 from minilora.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from minilora.layers.rope import rope_backward, rope_forward, rope_tables
@@ -272,35 +272,37 @@ class LlamaForCausalLM:
 
     __call__ = forward
 
+    def shifted_targets(self, labels):
+        """(B, T) targets for the hidden states: position t predicts labels[t + 1]; the last predicts nothing."""
+        labels = self.xp.asarray(labels)
+        if labels.ndim != 2:
+            raise MiniLoraError(f"labels must be a (batch, seq_len) array, got shape {tuple(labels.shape)}")
+        t = self.xp.full(labels.shape, -100, dtype="int64" if labels.dtype.kind == "u" else labels.dtype)
+        t[:, :-1] = labels[:, 1:]
+        return t
+
     def loss(self, input_ids, labels):
         """The causal-LM loss (a 0-d array) without gradients."""
         h, _ = self.hidden_states(input_ids)
-        logits, _ = linear_forward(h[:, :-1], self.weight(self.head_weight_name()))
-        return cross_entropy_forward(logits, self.xp.asarray(labels)[:, 1:])[0]
+        return head_cross_entropy(h, self.weight(self.head_weight_name()), self.shifted_targets(labels),
+                                  grad=False)[0]
 
     def loss_and_grads(self, input_ids, labels, train: bool = True):
         """(loss, grads): the causal-LM loss and {name: gradient} for the trainable names only.
 
         input_ids, labels (B, T) integers; labels are aligned with input_ids (shifted inside)
-        and -100 marks positions that do not count. train=True applies LoRA dropout.
+        and -100 marks positions that do not count. train=True applies LoRA dropout. Only the
+        counted positions go through lm_head, in row chunks fused with the loss (no (B, T, V) array).
         """
         if self.adapters.merged and self.trainable & self.adapters.param_names():
             raise MiniLoraStateError("cannot train while the adapters are merged; unmerge first")
-        xp = self.xp
-        labels = xp.asarray(labels)
         h, (c_emb, caches, c_norm) = self.hidden_states(input_ids, train=train, keep=True)
         head = self.head_weight_name()
-        logits, c_head = linear_forward(h[:, :-1], self.weight(head))                # (B, T-1, V)
-        loss, dlogits = cross_entropy_fused(logits, labels[:, 1:])                   # (B, T-1, V)
-        del logits
+        loss, dh, dw = head_cross_entropy(h, self.weight(head), self.shifted_targets(labels),
+                                          grad_w=head in self.trainable)        # dh (B, T, C)
         grads: dict = {}
-        if head in self.trainable:
-            dh_, dw, _ = linear_backward(dlogits, c_head)
+        if dw is not None:
             _acc(grads, head, dw)
-        else:
-            dh_ = linear_backward(dlogits, c_head, frozen=True)[0]
-        dh = xp.zeros(h.shape, dtype=h.dtype)
-        dh[:, :-1] = dh_                                     # the last position predicts nothing
         dx = self._norm_backward(dh, c_norm, "model.norm.weight", grads)
         for i in reversed(range(self.config.num_hidden_layers)):
             dx = self._layer_backward(dx, i, caches[i], grads)

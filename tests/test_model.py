@@ -63,9 +63,12 @@ def test_lora_gradients_and_no_frozen_gradient(targets, monkeypatch):
     real = model_mod.linear_backward
     monkeypatch.setattr(model_mod, "linear_backward",
                         lambda d, c, frozen=False: frozen_flags.append(frozen) or real(d, c, frozen))
+    real_head = model_mod.head_cross_entropy
+    monkeypatch.setattr(model_mod, "head_cross_entropy",                # the head: no dW either
+                        lambda *a, **kw: frozen_flags.append(not kw.get("grad_w")) or real_head(*a, **kw))
     ids, labels = batch(cfg, rng)
     check_all(model, ids, labels, sorted(model.adapters.param_names()))
-    assert frozen_flags and all(frozen_flags)  # every base linear ran its frozen backward only
+    assert frozen_flags and all(frozen_flags)  # every base linear and the head: frozen backward only
 
 
 def test_adapter_is_exact_zero_at_init_and_merge_equals_unmerged():
