@@ -23,15 +23,17 @@ from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.layers.attention import attention_backward, attention_forward
 from minilora.layers.embedding import embedding_backward, embedding_forward
-from minilora.layers.linear import linear_backward, linear_forward
-from minilora.layers.lora import lora_backward, lora_forward
+from minilora.layers.linear import linear_forward
 from minilora.layers.loss import head_cross_entropy
 from minilora.layers.mlp import swiglu_backward, swiglu_forward
 from minilora.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from minilora.layers.rope import rope_backward, rope_forward, rope_tables
+from minilora.projections import accumulate, group_backward, group_forward
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")     # one input, one stacked GEMM
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 
 
 @dataclass
@@ -58,14 +60,6 @@ class AdapterState:
         return {f"{m}.lora_{ab}.weight" for m in self.modules for ab in "AB"}
 
 
-def _acc(grads: dict, name: str, g):
-    """grads[name] += g, creating the entry on first use (tied weights get both paths)."""
-    if name in grads:
-        grads[name] = grads[name] + g
-    else:
-        grads[name] = g
-
-
 class LlamaForCausalLM:
     """config + a flat dict of parameters + which of them train + the LoRA state (``adapters``)."""
 
@@ -76,6 +70,7 @@ class LlamaForCausalLM:
         self.trainable: set = set()          # names that get gradients
         self.adapters = AdapterState()       # the LoRA state (minilora.adapters changes it)
         self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
+        self._stacked: dict = {}             # group names -> (stacked weight, its row views in params)
         self.seed = seed
         self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
         self._rope = {}
@@ -116,6 +111,7 @@ class LlamaForCausalLM:
         for stored in self.adapters.inactive.values():
             stored.factors = {k: asarray(v, xp) for k, v in stored.factors.items()}
         self.xp = xp
+        self._stacked = {}
         self.rng = xp.random.default_rng(self.seed if seed is None else seed)
         self._rope = {}
         return self
@@ -145,39 +141,6 @@ class LlamaForCausalLM:
             return self._rope[positions_or_len]
         return rope_tables(positions_or_len, c.head_dim, c.rope_theta, self.xp, self.dtype, c.rope_scaling)
 
-    # ---- one projection, plain or LoRA ----------------------------------------------------
-    def proj_forward(self, x, module: str, train: bool = False):
-        """x (..., in) -> (..., out) through `module`, with its LoRA path when active."""
-        w = self.weight(module + ".weight")
-        b = self.params.get(module + ".bias")
-        ad = self.adapters
-        lm = ad.modules.get(module)
-        if lm is not None and not ad.merged and ad.enabled:
-            p = lm.dropout if train else 0.0
-            h, cache = lora_forward(x, w, self.params[module + ".lora_A.weight"],
-                                    self.params[module + ".lora_B.weight"], lm.scale, b, p, self.rng)
-            return h, ("lora", cache)
-        h, cache = linear_forward(x, w, b)
-        return h, ("linear", cache)
-
-    def proj_backward(self, dout, module: str, cache, grads: dict):
-        """dx; adds the gradients of the module's trainable parameters into grads."""
-        kind, c = cache
-        if kind == "lora":
-            dx, da, db = lora_backward(dout, c)
-            if module + ".lora_A.weight" in self.trainable:
-                _acc(grads, module + ".lora_A.weight", da)
-                _acc(grads, module + ".lora_B.weight", db)
-            return dx
-        wname = module + ".weight"
-        if wname not in self.trainable:
-            return linear_backward(dout, c, frozen=True)[0]
-        dx, dw, db = linear_backward(dout, c)
-        _acc(grads, wname, dw)
-        if db is not None:
-            _acc(grads, module + ".bias", db)
-        return dx
-
     # ---- forward and backward -----------------------------------------------------------
     def layer_forward(self, x, i: int, cos, sin, train: bool = False, kv=None):
         """Decoder layer i on x (B, T, C) -> (y (B, T, C), cache for layer_backward).
@@ -186,19 +149,18 @@ class LlamaForCausalLM:
         inference.KVCache) the new positions are kv.length .. kv.length+T-1: their keys and values
         (after RoPE) are written into the cache and the queries attend to every cached position
         (cos, sin are then the tables of those positions); the caller advances kv.length.
+        q/k/v and gate/up each run as one base GEMM (minilora.projections.group_forward).
         """
         c, p = self.config, f"model.layers.{i}."
         b, t, _ = x.shape
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         n1, c_n1 = rmsnorm_forward(x, self.params[p + "input_layernorm.weight"], c.rms_norm_eps)
-        q, c_q = self.proj_forward(n1, p + "self_attn.q_proj", train)                # (B, T, nh*hd)
-        k, c_k = self.proj_forward(n1, p + "self_attn.k_proj", train)                # (B, T, nkv*hd)
-        v, c_v = self.proj_forward(n1, p + "self_attn.v_proj", train)                # (B, T, nkv*hd)
-        q = q.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                            # (B, nh, T, hd)
-        k = k.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
-        v = v.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
-        q, c_rq = rope_forward(q, cos, sin)
-        k, c_rk = rope_forward(k, cos, sin)
+        qkv, c_qkv = group_forward(self, n1, [p + m for m in QKV], train)          # (B, T, (nh+2nkv)*hd)
+        qkv = qkv.reshape(b, t, nh + 2 * nkv, hd).transpose(0, 2, 1, 3)             # (B, nh+2nkv, T, hd)
+        q, c_rq = rope_forward(qkv[:, :nh], cos, sin)                                # (B, nh, T, hd)
+        k, c_rk = rope_forward(qkv[:, nh:nh + nkv], cos, sin)                        # (B, nkv, T, hd)
+        v = self.xp.ascontiguousarray(qkv[:, nh + nkv:])                             # (B, nkv, T, hd)
+        del qkv                                      # (so the attention cache does not keep it)
         if kv is not None:                           # append to the cache, attend to all of it
             start, end = kv.length, kv.length + t
             kv.k[i][:, :, start:end] = k
@@ -206,39 +168,38 @@ class LlamaForCausalLM:
             k, v = kv.k[i][:, :, :end], kv.v[i][:, :, :end]                          # (B, nkv, end, hd)
         att, c_att = attention_forward(q, k, v)                                      # (B, nh, T, hd)
         att = att.transpose(0, 2, 1, 3).reshape(b, t, nh * hd)                       # (B, T, nh*hd)
-        a, c_o = self.proj_forward(att, p + "self_attn.o_proj", train)               # (B, T, C)
+        a, c_o = group_forward(self, att, [p + "self_attn.o_proj"], train)           # (B, T, C)
         a += x                                       # a = x + o_proj(att), in the fresh output
         n2, c_n2 = rmsnorm_forward(a, self.params[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
-        g, c_g = self.proj_forward(n2, p + "mlp.gate_proj", train)                   # (B, T, I)
-        u, c_u = self.proj_forward(n2, p + "mlp.up_proj", train)                     # (B, T, I)
-        m, c_m = swiglu_forward(g, u)                                                # (B, T, I)
-        d, c_d = self.proj_forward(m, p + "mlp.down_proj", train)                    # (B, T, C)
-        cache = (c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d)
+        gu, c_gu = group_forward(self, n2, [p + m for m in GATE_UP], train)         # (B, T, 2I)
+        inter = gu.shape[-1] // 2
+        m, c_m = swiglu_forward(gu[..., :inter], gu[..., inter:])                    # (B, T, I)
+        d, c_d = group_forward(self, m, [p + "mlp.down_proj"], train)                # (B, T, C)
         d += a                                       # y = a + down_proj(m)
-        return d, cache
+        return d, (c_n1, c_qkv, c_rq, c_rk, c_att, c_o, c_n2, c_gu, c_m, c_d)
 
     def _layer_backward(self, dy, i: int, cache, grads: dict):
         c, p = self.config, f"model.layers.{i}."
-        c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d = cache
+        c_n1, c_qkv, c_rq, c_rk, c_att, c_o, c_n2, c_gu, c_m, c_d = cache
         b, t, _ = dy.shape
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         # MLP branch: y = a + down(swiglu(gate(n2), up(n2)))
-        dm = self.proj_backward(dy, p + "mlp.down_proj", c_d, grads)
-        dg, du = swiglu_backward(dm, c_m)
-        dn2 = self.proj_backward(dg, p + "mlp.gate_proj", c_g, grads)  # fresh arrays: sum in place
-        dn2 += self.proj_backward(du, p + "mlp.up_proj", c_u, grads)
+        dm = group_backward(self, dy, c_d, grads)
+        inter = dm.shape[-1]
+        dgu = self.xp.empty(dm.shape[:-1] + (2 * inter,), dtype=dm.dtype)          # (B, T, 2I)
+        swiglu_backward(dm, c_m, out=(dgu[..., :inter], dgu[..., inter:]))
+        dn2 = group_backward(self, dgu, c_gu, grads)
         da = self._norm_backward(dn2, c_n2, p + "post_attention_layernorm.weight", grads)
         da += dy                                                                     # never into dy
         # attention branch: a = x + o_proj(attention(...))
-        datt = self.proj_backward(da, p + "self_attn.o_proj", c_o, grads)            # (B, T, nh*hd)
+        datt = group_backward(self, da, c_o, grads)                                  # (B, T, nh*hd)
         datt = datt.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                      # (B, nh, T, hd)
         dq, dk, dv = attention_backward(datt, c_att)
-        dq = rope_backward(dq, c_rq).transpose(0, 2, 1, 3).reshape(b, t, nh * hd)
-        dk = rope_backward(dk, c_rk).transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
-        dv = dv.transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
-        dn1 = self.proj_backward(dq, p + "self_attn.q_proj", c_q, grads)
-        dn1 += self.proj_backward(dk, p + "self_attn.k_proj", c_k, grads)
-        dn1 += self.proj_backward(dv, p + "self_attn.v_proj", c_v, grads)
+        dqkv = self.xp.empty((b, t, nh + 2 * nkv, hd), dtype=dy.dtype)              # (B, T, nh+2nkv, hd)
+        dqkv[:, :, :nh] = rope_backward(dq, c_rq).transpose(0, 2, 1, 3)
+        dqkv[:, :, nh:nh + nkv] = rope_backward(dk, c_rk).transpose(0, 2, 1, 3)
+        dqkv[:, :, nh + nkv:] = dv.transpose(0, 2, 1, 3)
+        dn1 = group_backward(self, dqkv.reshape(b, t, -1), c_qkv, grads)
         dx = self._norm_backward(dn1, c_n1, p + "input_layernorm.weight", grads)
         dx += da
         return dx
@@ -246,7 +207,7 @@ class LlamaForCausalLM:
     def _norm_backward(self, dout, cache, wname: str, grads: dict):
         dx, dw = rmsnorm_backward(dout, cache, frozen=wname not in self.trainable)
         if dw is not None:
-            _acc(grads, wname, dw)
+            accumulate(grads, wname, dw)
         return dx
 
     def hidden_states(self, input_ids, train: bool = False, keep: bool = False):
@@ -302,13 +263,13 @@ class LlamaForCausalLM:
                                           grad_w=head in self.trainable)        # dh (B, T, C)
         grads: dict = {}
         if dw is not None:
-            _acc(grads, head, dw)
+            accumulate(grads, head, dw)
         dx = self._norm_backward(dh, c_norm, "model.norm.weight", grads)
         for i in reversed(range(self.config.num_hidden_layers)):
             dx = self._layer_backward(dx, i, caches[i], grads)
             caches[i] = None
         if "model.embed_tokens.weight" in self.trainable:
-            _acc(grads, "model.embed_tokens.weight", embedding_backward(dx, c_emb))
+            accumulate(grads, "model.embed_tokens.weight", embedding_backward(dx, c_emb))
         return loss, grads
 
     # ---- bookkeeping --------------------------------------------------------------------
@@ -324,6 +285,7 @@ class LlamaForCausalLM:
 
         if self.adapters.merged:
             raise MiniLoraStateError("quantize before merging, not after")
+        self._stacked = {}                   # the float stacks go with the float weights
         for name in list(self.params):
             if ".layers." in name and name.endswith("_proj.weight") and name not in self.trainable:
                 self.quantized[name] = quantize(self.params.pop(name), bits, group_size)

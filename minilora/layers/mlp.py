@@ -46,14 +46,18 @@ def swiglu_forward(g, u):
     return h, SwiGLUCache(g, u)
 
 
-def swiglu_backward(dout, cache: SwiGLUCache):
-    """Returns (dg, du), each (..., I). The sigmoid is recomputed, not cached."""
+def swiglu_backward(dout, cache: SwiGLUCache, out=None):
+    """Returns (dg, du), each (..., I). The sigmoid is recomputed, not cached.
+
+    out: optional (dg, du) arrays of g's shape to write into (e.g. the two halves of one buffer).
+    """
     g, u = cache
     xp = array_module(dout, g)
+    dg_out, du_out = (None, None) if out is None else out
     s = sigmoid(g, xp)                       # (..., I)
     sg = g * s                               # silu(g)
-    du = dout * sg
-    dg = 1.0 - s                             # fresh temporaries, updated in place:
+    du = xp.multiply(dout, sg, out=du_out)
+    dg = xp.subtract(1.0, s, out=dg_out)     # fresh (or given) arrays, updated in place:
     dg *= sg                                 # g s (1 - s)
     dg += s                                  # s (1 + g (1 - s))
     dg *= u
