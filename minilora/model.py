@@ -16,7 +16,9 @@ swaps them in.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from minilora.backend import array_module, asarray, get_xp
 from minilora.config import LlamaConfig
@@ -60,6 +62,13 @@ class AdapterState:
         return {f"{m}.lora_{ab}.weight" for m in self.modules for ab in "AB"}
 
 
+class LayerCheckpoint(NamedTuple):
+    """What gradient checkpointing keeps of a decoder layer: its input, not its inside."""
+    x: object        # (B, T, C) the layer's input
+    rng: object      # a copy of model.rng before the layer (LoRA dropout's masks replay), or None
+    train: bool
+
+
 class LlamaForCausalLM:
     """config + a flat dict of parameters + which of them train + the LoRA state (``adapters``)."""
 
@@ -71,6 +80,7 @@ class LlamaForCausalLM:
         self.adapters = AdapterState()       # the LoRA state (minilora.adapters changes it)
         self.quantized: dict = {}            # weight name -> QuantizedTensor (frozen base only)
         self._stacked: dict = {}             # group names -> (stacked weight, its row views in params)
+        self.gradient_checkpointing = False  # training keeps each layer's input only, recomputes the rest
         self.seed = seed
         self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
         self._rope = {}
@@ -204,6 +214,21 @@ class LlamaForCausalLM:
         dx += da
         return dx
 
+    def _dropout(self) -> bool:
+        return self.adapters.enabled and any(lm.dropout > 0 for lm in self.adapters.modules.values())
+
+    def _recompute(self, i: int, cache):
+        """A layer's cache; for a checkpoint, its forward rerun on the kept input (same dropout masks)."""
+        if not isinstance(cache, LayerCheckpoint):
+            return cache
+        x, rng, train = cache
+        saved = self.rng
+        self.rng = rng if rng is not None else saved     # replay the masks drawn in the forward
+        try:
+            return self.layer_forward(x, i, *self.rope(x.shape[1]), train)[1]
+        finally:
+            self.rng = saved
+
     def _norm_backward(self, dout, cache, wname: str, grads: dict):
         dx, dw = rmsnorm_backward(dout, cache, frozen=wname not in self.trainable)
         if dw is not None:
@@ -219,10 +244,13 @@ class LlamaForCausalLM:
         x, c_emb = embedding_forward(ids, self.params["model.embed_tokens.weight"])  # (B, T, C)
         cos, sin = self.rope(ids.shape[1])
         caches = []
+        ckpt = keep and self.gradient_checkpointing
         for i in range(self.config.num_hidden_layers):
+            rng = copy.deepcopy(self.rng) if ckpt and train and self._dropout() else None
+            x_in = x
             x, cache = self.layer_forward(x, i, cos, sin, train)
-            if keep:
-                caches.append(cache)
+            if keep:                         # checkpointing: the layer's input (and dropout's rng)
+                caches.append(LayerCheckpoint(x_in, rng, train) if ckpt else cache)
         h, c_norm = rmsnorm_forward(x, self.params["model.norm.weight"], self.config.rms_norm_eps)
         return h, (c_emb, caches, c_norm)
 
@@ -266,7 +294,7 @@ class LlamaForCausalLM:
             accumulate(grads, head, dw)
         dx = self._norm_backward(dh, c_norm, "model.norm.weight", grads)
         for i in reversed(range(self.config.num_hidden_layers)):
-            dx = self._layer_backward(dx, i, caches[i], grads)
+            dx = self._layer_backward(dx, i, self._recompute(i, caches[i]), grads)
             caches[i] = None
         if "model.embed_tokens.weight" in self.trainable:
             accumulate(grads, "model.embed_tokens.weight", embedding_backward(dx, c_emb))

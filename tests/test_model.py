@@ -122,3 +122,26 @@ def test_trainable_summary_matches_formula():
     s = trainable_summary(model)
     assert s["trainable"] == 2 * per_layer
     assert s["all"] == base_total + 2 * per_layer
+
+
+@pytest.mark.parametrize("mode", ["lora_dropout", "full"])
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(mode):
+    cfg = tiny_config(num_hidden_layers=3)
+    runs = []
+    for ckpt in (False, True):
+        model = LlamaForCausalLM.init(cfg, seed=2, dtype="float64", initializer_range=0.5)
+        if mode == "full":
+            model.set_full_finetuning()
+        else:
+            add_lora(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.3, target_modules="all-linear"), seed=3)
+            for m in model.adapters.modules:
+                model.params[m + ".lora_B.weight"][...] = 0.3
+        model.gradient_checkpointing = ckpt
+        ids, labels = batch(cfg, np.random.default_rng(7))
+        runs.append([model.loss_and_grads(ids, labels) for _ in range(2)])   # dropout masks advance
+    assert runs[0][0][1].keys() == runs[1][0][1].keys() and runs[0][0][1]
+    for (l0, g0), (l1, g1) in zip(runs[0], runs[1], strict=True):
+        assert float(l0) == float(l1)
+        for k in g0:
+            np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
+    assert float(runs[0][0][0]) != float(runs[0][1][0]) or mode == "full"  # masks really differ
