@@ -27,7 +27,7 @@ from minilora.layers.lora import lora_path_backward, lora_path_forward
 
 
 class GroupCache(NamedTuple):
-    x: object        # (..., in) the shared input (a trainable base's dW needs it)
+    x: object        # (..., in) the shared input, for a trainable base's dW; None when frozen
     w: object        # (sum out, in) the stacked weight, for dx
     names: tuple     # module names, in column order
     sizes: tuple     # each module's out features
@@ -81,7 +81,8 @@ def group_forward(model, x, names, train: bool = False):
         p = lm.dropout if train else 0.0
         loras.append(lora_path_forward(h, x, model.params[name + ".lora_A.weight"],
                                        model.params[name + ".lora_B.weight"], lm.scale, p, model.rng))
-    return y, GroupCache(x, w, tuple(names), sizes, tuple(loras))
+    keep_x = any(n + ".weight" in model.trainable for n in names)   # else dropped: frozen needs no x
+    return y, GroupCache(x if keep_x else None, w, tuple(names), sizes, tuple(loras))
 
 
 def group_backward(model, dout, cache: GroupCache, grads: dict):
