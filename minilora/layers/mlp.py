@@ -8,28 +8,28 @@ Forward, elementwise, with sigma the logistic sigmoid
 Backward (G = dL/dh), using sigma' = sigma (1 - sigma)
     du = G * silu(g)
     dg = G * u * sigma(g) * (1 + g * (1 - sigma(g)))
-sigma is evaluated with one exponential, e = exp(-|g|) (never overflows), as
-    sigma(g) = (e * [g < 0] + [g >= 0]) / (1 + e),
-i.e. 1 / (1 + e) for g >= 0 and e / (1 + e) for g < 0: the same floating-point operations as the
-two-branch form (so the same bits), without a where() over two computed branches.
+sigma is evaluated as 1 / (1 + exp(-g)) in four in-place passes over one fresh array: for
+g >= 0 the same operations (so the same bits) as the two-branch stable form, for g < 0 within an
+ulp or two of e / (1 + e), e = exp(g); exp(-g) overflows to inf below g = -88 (float32), where
+1 / inf = 0 is the right limit (the overflow is expected and silenced).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from minilora.backend import array_module
 
 
 def sigmoid(x, xp):
-    """1 / (1 + exp(-x)) as (e [x < 0] + [x >= 0]) / (1 + e), e = exp(-|x|): no overflow."""
-    e = xp.abs(x)
-    xp.negative(e, out=e)
-    xp.exp(e, out=e)                         # e in (0, 1]
-    num = xp.multiply(e, x < 0, dtype=e.dtype)           # e where x < 0, else 0
-    xp.add(num, x >= 0, out=num, dtype=e.dtype)          # 1 where x >= 0 (0 + 1 and e + 0 are exact)
-    e += 1.0
-    num /= e
-    return num
+    """1 / (1 + exp(-x)), in place in one fresh array; exp's overflow to inf (x < -88) gives 0."""
+    s = xp.negative(x)
+    with np.errstate(over="ignore"):         # (NumPy only; CuPy raises no floating-point warnings)
+        xp.exp(s, out=s)                     # exp(-x) in (0, inf]
+    s += 1.0
+    xp.reciprocal(s, out=s)
+    return s
 
 
 class SwiGLUCache(NamedTuple):
