@@ -153,6 +153,7 @@ def add_real_ratios(ratios: dict, notes: dict, timed: dict, mem: dict,
     ratios["gradient_checkpointing_mem"] = m["minilora_ckpt"]["step_kib"] / m["minilora"]["step_kib"]
     if "torch" in mem:
         ratios["real_peak_mem_vs_torch"] = m["minilora"]["step_kib"] / mem["torch"]["torch"]["step_kib"]
+        mem["checkpointed_vs_torch"] = m["minilora_ckpt"]["step_kib"] / mem["torch"]["torch"]["step_kib"]
     for key, why in (("real_lora_step_vs_torch", torch_why), ("real_peak_mem_vs_torch", torch_why),
                      ("threads2_speedup", "--threads is not 1, or the BLAS thread count cannot be set")):
         if ratios.get(key) is None:
