@@ -145,3 +145,26 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads(mode):
         for k in g0:
             np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
     assert float(runs[0][0][0]) != float(runs[0][1][0]) or mode == "full"  # masks really differ
+
+
+def test_stacked_qkv_weight_follows_params():
+    """The fused q/k/v GEMM reads params: in-place updates and replaced weights are both seen."""
+    cfg = tiny_config()
+    model = LlamaForCausalLM.init(cfg, seed=4, dtype="float64", initializer_range=0.5)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 5))
+    ref = LlamaForCausalLM(cfg, {k: v.copy() for k, v in model.params.items()})   # independent copies
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), rtol=1e-12)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    stack = model._stacked[tuple(f"model.layers.0.{m}" for m in
+                                 ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))][0]
+    assert np.shares_memory(model.params[q], stack)           # params hold row views of the stack
+    model.params[q] *= 1.5                                     # an optimizer-style in-place update
+    ref.params[q] *= 1.5
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), rtol=1e-12)
+    new = np.random.default_rng(1).standard_normal(model.params[q].shape)
+    model.params[q] = new                                      # replaced (as merge and load do)
+    ref.params[q] = new.copy()
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), rtol=1e-12)
+    model.quantize_base(8)                                     # a quantized base bypasses the stack
+    assert not model._stacked and q in model.quantized
+    assert np.isfinite(model.forward(ids)).all()
