@@ -42,7 +42,6 @@ from minilora.bench.tools import (  # noqa: F401  (re-exported: tests and caller
     peak_rss_kib,
     profile_call,
 )
-from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError
 
 RATIO_KEYS = ("train_step_vs_torch_small", "train_step_vs_torch_medium", "mfu_medium",
@@ -205,16 +204,7 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, lo
                 (2.0 * n ** 3 / out["median"]["matmul"])
             ratios["lora_vs_full_step"] = out["paired"]["minilora_lora/minilora_full"]
 
-    rspec, rbatch, rseq = P["real"]
-    peft_ok = use_torch and real.peft_available()
-    timings["real"] = section("real step", real.bench_real, rspec, rbatch, rseq, w, reps["real"], threads, peft_ok)
-    rmem = section("real peak memory", lambda: {s: real.real_peak_memory(rspec, rbatch, rseq, s, threads)
-                                                for s in (("minilora", "torch") if peft_ok else ("minilora",))})
-    timings["real_peak_memory"] = rmem
-    real.add_real_ratios(ratios, notes, timings["real"], rmem, "--no-torch was given" if not use_torch else
-                         "PyTorch + transformers + PEFT are not installed")
-    flops["real_lora"] = step_flops(LlamaConfig(**rspec), rbatch, rseq, "lora",
-                                    targets=real.REAL_LORA["target_modules"])
+    real.run_section(section, P["real"], w, reps["real"], threads, use_torch, ratios, notes, timings, flops)
 
     spec, batch, seq = P["medium"]
     timings["profile_medium_lora"] = section("profile", profile_step, spec, batch, seq)
@@ -243,7 +233,7 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, lo
 
     configs = {size: {"model": make_config(P[size][0]).to_dict(), "batch": P[size][1], "seq": P[size][2]}
                for size in ("small", "medium")}
-    configs["real"] = {"model": rspec, "batch": rbatch, "seq": rseq, "lora": real.REAL_LORA}
+    configs["real"] = {"model": P["real"][0], "batch": P["real"][1], "seq": P["real"][2], "lora": real.REAL_LORA}
     configs.update(lora=LORA, preset=preset, warmup=w, repeats=reps, matmul_n=P["matmul_n"],
                    dtype="float32", new_tokens=P["new_tokens"], prompt_len=P["prompt_len"],
                    latency_batch=P["latency_batch"], torch_attention=P["torch_attention"])

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from minilora.adapters import LoraConfig, add_lora
-from minilora.bench.models import SMOLLM2_135M, TINY_REAL, minilora_step  # noqa: F401  (re-exported)
+from minilora.bench.models import SMOLLM2_135M, TINY_REAL, minilora_step, step_flops  # noqa: F401  (re-exported)
 from minilora.bench.tools import _summary, blas_threads, interleaved, profile_call
 from minilora.config import LlamaConfig
 from minilora.errors import MiniLoraError
@@ -92,11 +92,13 @@ import json, sys, tracemalloc, types
 sys.path.insert(0, {root!r})
 from minilora.bench import real, tools
 spec, side = {spec!r}, {side!r}
+if side == "torch":                          # the libraries' own code is not the step's memory
+    import peft, torch, transformers  # noqa: F401
+    from minilora.bench.torch_peft import PeftTrainer
 rss0 = tools.peak_rss_kib()
 ids, labels = real.real_batch(spec, {batch}, {seq})
 out = {{"rss_after_imports_kib": rss0}}
 if side == "torch":
-    from minilora.bench.torch_peft import PeftTrainer
     from minilora.config import LlamaConfig
     shell = types.SimpleNamespace(config=LlamaConfig(**spec), params={{}})
     tr = PeftTrainer(shell, real.REAL_LORA, threads={threads}, copy_weights=False)
@@ -169,3 +171,16 @@ def peft_available() -> bool:
         return False
     return True
 
+
+
+def run_section(section, case, warmup, repeats, threads, use_torch, ratios, notes, timings, flops):
+    """The real case inside run_bench: timings 'real' and 'real_peak_memory', flops 'real_lora', ratios."""
+    spec, batch, seq = case
+    peft_ok = use_torch and peft_available()
+    timings["real"] = section("real step", bench_real, spec, batch, seq, warmup, repeats, threads, peft_ok)
+    sides = ("minilora", "torch") if peft_ok else ("minilora",)
+    mem = section("real peak memory", lambda: {s: real_peak_memory(spec, batch, seq, s, threads) for s in sides})
+    timings["real_peak_memory"] = mem
+    add_real_ratios(ratios, notes, timings["real"], mem, "--no-torch was given" if not use_torch else
+                    "PyTorch + transformers + PEFT are not installed")
+    flops["real_lora"] = step_flops(LlamaConfig(**spec), batch, seq, "lora", targets=REAL_LORA["target_modules"])
