@@ -106,6 +106,15 @@ def backend_name(xp) -> str:
     return xp.__name__.split(".")[0]
 
 
+def quiet_overflow(xp, **which):
+    """NumPy's floating-point warnings off inside a `with` (default: overflow); CuPy raises none."""
+    if backend_name(xp) == "numpy":
+        return xp.errstate(**(which or {"over": "ignore"}))
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def compute_dtype(dtype, xp):
     """The dtype to accumulate in: at least float32 (float16 and ints promote)."""
     return xp.promote_types(dtype, xp.float32)

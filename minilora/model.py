@@ -4,7 +4,9 @@ Per decoder layer, with x (B, T, C):
     a = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
     y = a + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                        n2 = rmsnorm(a)
 logits = lm_head(rmsnorm(x_L)); the causal-LM loss shifts labels inside (position t predicts
-labels[t + 1]) and averages over the labels that are not -100, as transformers does.
+labels[t + 1]) and averages over the labels that are not -100, as transformers does. The layer's
+forward and backward live in minilora.decoder (DecoderLayer, a base class); in training the head
+and the loss run fused, in row chunks, over the counted positions only (layers.loss.head_cross_entropy).
 
 Parameters live in ``model.params`` keyed by Hugging Face state-dict names; LoRA factors by PEFT's
 (``model.layers.0.self_attn.q_proj.lora_A.weight``). ``model.trainable`` names the parameters that
@@ -12,23 +14,24 @@ get gradients; every other weight is frozen and its gradient is never computed.
 The LoRA state has one owner, ``model.adapters`` (an AdapterState), changed only through the
 functions of minilora.adapters (add, merge, unmerge, set/disable/delete). Only the active adapter's
 factors are in ``model.params``; the others wait in ``model.adapters.inactive`` and set_adapter
-swaps them in.
+swaps them in. After the first forward, the q/k/v (and gate/up) weights in ``model.params`` are row
+views of one stacked array per layer (minilora.projections explains the rules).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
-from minilora.backend import array_module, asarray, check_allocation, get_xp
+from minilora.backend import array_module, asarray, get_xp
 from minilora.config import LlamaConfig
+from minilora.decoder import DecoderLayer, LayerCheckpoint
 from minilora.errors import MiniLoraError, MiniLoraStateError
-from minilora.layers.attention import attention_backward, attention_forward
 from minilora.layers.embedding import embedding_backward, embedding_forward
-from minilora.layers.linear import linear_backward, linear_forward
-from minilora.layers.lora import lora_backward, lora_forward
-from minilora.layers.loss import cross_entropy_forward, cross_entropy_fused
-from minilora.layers.mlp import swiglu_backward, swiglu_forward
-from minilora.layers.rmsnorm import rmsnorm_backward, rmsnorm_forward
-from minilora.layers.rope import rope_backward, rope_forward, rope_tables
+from minilora.layers.linear import linear_forward
+from minilora.layers.loss import head_cross_entropy
+from minilora.layers.rmsnorm import rmsnorm_forward
+from minilora.layers.rope import rope_tables
+from minilora.projections import accumulate
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -58,15 +61,7 @@ class AdapterState:
         return {f"{m}.lora_{ab}.weight" for m in self.modules for ab in "AB"}
 
 
-def _acc(grads: dict, name: str, g):
-    """grads[name] += g, creating the entry on first use (tied weights get both paths)."""
-    if name in grads:
-        grads[name] = grads[name] + g
-    else:
-        grads[name] = g
-
-
-class LlamaForCausalLM:
+class LlamaForCausalLM(DecoderLayer):
     """config + a flat dict of parameters + which of them train + the LoRA state (``adapters``)."""
 
     def __init__(self, config: LlamaConfig, params: dict, seed: int = 0):
@@ -76,6 +71,8 @@ class LlamaForCausalLM:
         self.trainable: set = set()          # names that get gradients
         self.adapters = AdapterState()       # the LoRA state (minilora.adapters changes it)
         self.quantized: dict = {}            # weight name -> stored weight (minilora.quant.formats; frozen only)
+        self._stacked: dict = {}             # group names -> (stacked weight, its row views in params)
+        self.gradient_checkpointing = False  # training keeps each layer's input only, recomputes the rest
         self.seed = seed
         self.rng = self.xp.random.default_rng(seed)   # LoRA dropout masks
         self._rope = {}
@@ -90,8 +87,6 @@ class LlamaForCausalLM:
         the same weights on every backend (NumPy and CuPy runs can be compared).
         """
         xp = get_xp("numpy") if xp is None else xp
-        n = config.num_parameters()                      # sized before anything is allocated
-        check_allocation(n * get_xp("numpy").dtype(dtype).itemsize, f"a model of {n:,} parameters", xp)
         rng = get_xp("numpy").random.default_rng(seed)
         params = {}
         for name, shape in config.param_shapes().items():
@@ -113,12 +108,12 @@ class LlamaForCausalLM:
         """
         xp = get_xp(xp_or_name) if isinstance(xp_or_name, str) else xp_or_name
         self.params = {k: asarray(v, xp) for k, v in self.params.items()}
-        from minilora.quant import to_backend
-
-        self.quantized = {k: to_backend(qt, xp) for k, qt in self.quantized.items()}
+        self.quantized = {k: qt._replace(q=asarray(qt.q, xp), scales=asarray(qt.scales, xp))
+                          for k, qt in self.quantized.items()}
         for stored in self.adapters.inactive.values():
             stored.factors = {k: asarray(v, xp) for k, v in stored.factors.items()}
         self.xp = xp
+        self._stacked = {}
         self.rng = xp.random.default_rng(self.seed if seed is None else seed)
         self._rope = {}
         return self
@@ -131,7 +126,7 @@ class LlamaForCausalLM:
         return "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
 
     def weight(self, name: str):
-        """A base weight as an array of the model's dtype (dequantized if stored quantized, in any format)."""
+        """A base weight as an array of the model's dtype (dequantized if stored quantized)."""
         if name in self.quantized:
             from minilora.quant import dequantize
 
@@ -148,116 +143,7 @@ class LlamaForCausalLM:
             return self._rope[positions_or_len]
         return rope_tables(positions_or_len, c.head_dim, c.rope_theta, self.xp, self.dtype, c.rope_scaling)
 
-    # ---- one projection, plain or LoRA ----------------------------------------------------
-    def proj_forward(self, x, module: str, train: bool = False):
-        """x (..., in) -> (..., out) through `module`, with its LoRA path when active."""
-        w = self.weight(module + ".weight")
-        b = self.params.get(module + ".bias")
-        ad = self.adapters
-        lm = ad.modules.get(module)
-        if lm is not None and not ad.merged and ad.enabled:
-            p = lm.dropout if train else 0.0
-            h, cache = lora_forward(x, w, self.params[module + ".lora_A.weight"],
-                                    self.params[module + ".lora_B.weight"], lm.scale, b, p, self.rng)
-            cache = ("lora", cache)
-        else:
-            h, cache = linear_forward(x, w, b)
-            cache = ("linear", cache)
-        if module + ".weight" in self.quantized:      # keep no dequantized copy: backward dequantizes again
-            cache = _with_weight(cache, None)
-        return h, cache
-
-    def proj_backward(self, dout, module: str, cache, grads: dict):
-        """dx; adds the gradients of the module's trainable parameters into grads."""
-        if module + ".weight" in self.quantized:      # a layer at a time: dequantized here, dropped after
-            cache = _with_weight(cache, self.weight(module + ".weight"))
-        kind, c = cache
-        if kind == "lora":
-            dx, da, db = lora_backward(dout, c)
-            if module + ".lora_A.weight" in self.trainable:
-                _acc(grads, module + ".lora_A.weight", da)
-                _acc(grads, module + ".lora_B.weight", db)
-            return dx
-        wname = module + ".weight"
-        if wname not in self.trainable:
-            return linear_backward(dout, c, frozen=True)[0]
-        dx, dw, db = linear_backward(dout, c)
-        _acc(grads, wname, dw)
-        if db is not None:
-            _acc(grads, module + ".bias", db)
-        return dx
-
-    # ---- forward and backward -----------------------------------------------------------
-    def layer_forward(self, x, i: int, cos, sin, train: bool = False, kv=None):
-        """Decoder layer i on x (B, T, C) -> (y (B, T, C), cache for layer_backward).
-
-        The one decoder layer: training, evaluation and generation all run it. With kv (an
-        inference.KVCache) the new positions are kv.length .. kv.length+T-1: their keys and values
-        (after RoPE) are written into the cache and the queries attend to every cached position
-        (cos, sin are then the tables of those positions); the caller advances kv.length.
-        """
-        c, p = self.config, f"model.layers.{i}."
-        b, t, _ = x.shape
-        nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        n1, c_n1 = rmsnorm_forward(x, self.params[p + "input_layernorm.weight"], c.rms_norm_eps)
-        q, c_q = self.proj_forward(n1, p + "self_attn.q_proj", train)                # (B, T, nh*hd)
-        k, c_k = self.proj_forward(n1, p + "self_attn.k_proj", train)                # (B, T, nkv*hd)
-        v, c_v = self.proj_forward(n1, p + "self_attn.v_proj", train)                # (B, T, nkv*hd)
-        q = q.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                            # (B, nh, T, hd)
-        k = k.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
-        v = v.reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)                           # (B, nkv, T, hd)
-        q, c_rq = rope_forward(q, cos, sin)
-        k, c_rk = rope_forward(k, cos, sin)
-        if kv is not None:                           # append to the cache, attend to all of it
-            start, end = kv.length, kv.length + t
-            kv.k[i][:, :, start:end] = k
-            kv.v[i][:, :, start:end] = v
-            k, v = kv.k[i][:, :, :end], kv.v[i][:, :, :end]                          # (B, nkv, end, hd)
-        att, c_att = attention_forward(q, k, v)                                      # (B, nh, T, hd)
-        att = att.transpose(0, 2, 1, 3).reshape(b, t, nh * hd)                       # (B, T, nh*hd)
-        a, c_o = self.proj_forward(att, p + "self_attn.o_proj", train)               # (B, T, C)
-        a += x                                       # a = x + o_proj(att), in the fresh output
-        n2, c_n2 = rmsnorm_forward(a, self.params[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
-        g, c_g = self.proj_forward(n2, p + "mlp.gate_proj", train)                   # (B, T, I)
-        u, c_u = self.proj_forward(n2, p + "mlp.up_proj", train)                     # (B, T, I)
-        m, c_m = swiglu_forward(g, u)                                                # (B, T, I)
-        d, c_d = self.proj_forward(m, p + "mlp.down_proj", train)                    # (B, T, C)
-        cache = (c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d)
-        d += a                                       # y = a + down_proj(m)
-        return d, cache
-
-    def _layer_backward(self, dy, i: int, cache, grads: dict):
-        c, p = self.config, f"model.layers.{i}."
-        c_n1, c_q, c_k, c_v, c_rq, c_rk, c_att, c_o, c_n2, c_g, c_u, c_m, c_d = cache
-        b, t, _ = dy.shape
-        nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        # MLP branch: y = a + down(swiglu(gate(n2), up(n2)))
-        dm = self.proj_backward(dy, p + "mlp.down_proj", c_d, grads)
-        dg, du = swiglu_backward(dm, c_m)
-        dn2 = self.proj_backward(dg, p + "mlp.gate_proj", c_g, grads)  # fresh arrays: sum in place
-        dn2 += self.proj_backward(du, p + "mlp.up_proj", c_u, grads)
-        da = self._norm_backward(dn2, c_n2, p + "post_attention_layernorm.weight", grads)
-        da += dy                                                                     # never into dy
-        # attention branch: a = x + o_proj(attention(...))
-        datt = self.proj_backward(da, p + "self_attn.o_proj", c_o, grads)            # (B, T, nh*hd)
-        datt = datt.reshape(b, t, nh, hd).transpose(0, 2, 1, 3)                      # (B, nh, T, hd)
-        dq, dk, dv = attention_backward(datt, c_att)
-        dq = rope_backward(dq, c_rq).transpose(0, 2, 1, 3).reshape(b, t, nh * hd)
-        dk = rope_backward(dk, c_rk).transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
-        dv = dv.transpose(0, 2, 1, 3).reshape(b, t, nkv * hd)
-        dn1 = self.proj_backward(dq, p + "self_attn.q_proj", c_q, grads)
-        dn1 += self.proj_backward(dk, p + "self_attn.k_proj", c_k, grads)
-        dn1 += self.proj_backward(dv, p + "self_attn.v_proj", c_v, grads)
-        dx = self._norm_backward(dn1, c_n1, p + "input_layernorm.weight", grads)
-        dx += da
-        return dx
-
-    def _norm_backward(self, dout, cache, wname: str, grads: dict):
-        dx, dw = rmsnorm_backward(dout, cache, frozen=wname not in self.trainable)
-        if dw is not None:
-            _acc(grads, wname, dw)
-        return dx
-
+    # ---- forward and backward (layer_forward and its backward: minilora.decoder) -------------
     def hidden_states(self, input_ids, train: bool = False, keep: bool = False):
         """Final normalised hidden states (B, T, C), and the caches when keep=True."""
         ids = self.xp.asarray(input_ids)
@@ -267,10 +153,13 @@ class LlamaForCausalLM:
         x, c_emb = embedding_forward(ids, self.params["model.embed_tokens.weight"])  # (B, T, C)
         cos, sin = self.rope(ids.shape[1])
         caches = []
+        ckpt = keep and self.gradient_checkpointing
         for i in range(self.config.num_hidden_layers):
+            rng = copy.deepcopy(self.rng) if ckpt and train and self._dropout() else None
+            x_in = x
             x, cache = self.layer_forward(x, i, cos, sin, train)
-            if keep:
-                caches.append(cache)
+            if keep:                         # checkpointing: the layer's input (and dropout's rng)
+                caches.append(LayerCheckpoint(x_in, rng, train) if ckpt else cache)
         h, c_norm = rmsnorm_forward(x, self.params["model.norm.weight"], self.config.rms_norm_eps)
         return h, (c_emb, caches, c_norm)
 
@@ -281,41 +170,43 @@ class LlamaForCausalLM:
 
     __call__ = forward
 
+    def shifted_targets(self, labels):
+        """(B, T) targets for the hidden states: position t predicts labels[t + 1]; the last predicts nothing."""
+        labels = self.xp.asarray(labels)
+        if labels.ndim != 2:
+            raise MiniLoraError(f"labels must be a (batch, seq_len) array, got shape {tuple(labels.shape)}")
+        t = self.xp.full(labels.shape, -100, dtype="int64" if labels.dtype.kind == "u" else labels.dtype)
+        t[:, :-1] = labels[:, 1:]
+        return t
+
     def loss(self, input_ids, labels):
         """The causal-LM loss (a 0-d array) without gradients."""
         h, _ = self.hidden_states(input_ids)
-        logits, _ = linear_forward(h[:, :-1], self.weight(self.head_weight_name()))
-        return cross_entropy_forward(logits, self.xp.asarray(labels)[:, 1:])[0]
+        return head_cross_entropy(h, self.weight(self.head_weight_name()), self.shifted_targets(labels),
+                                  grad=False)[0]
 
     def loss_and_grads(self, input_ids, labels, train: bool = True):
         """(loss, grads): the causal-LM loss and {name: gradient} for the trainable names only.
 
         input_ids, labels (B, T) integers; labels are aligned with input_ids (shifted inside)
-        and -100 marks positions that do not count. train=True applies LoRA dropout.
+        and -100 marks positions that do not count. train=True applies LoRA dropout. Only the
+        counted positions go through lm_head, in row chunks fused with the loss (no (B, T, V) array).
         """
         if self.adapters.merged and self.trainable & self.adapters.param_names():
             raise MiniLoraStateError("cannot train while the adapters are merged; unmerge first")
-        xp = self.xp
-        labels = xp.asarray(labels)
         h, (c_emb, caches, c_norm) = self.hidden_states(input_ids, train=train, keep=True)
         head = self.head_weight_name()
-        logits, c_head = linear_forward(h[:, :-1], self.weight(head))                # (B, T-1, V)
-        loss, dlogits = cross_entropy_fused(logits, labels[:, 1:])                   # (B, T-1, V)
-        del logits
+        loss, dh, dw = head_cross_entropy(h, self.weight(head), self.shifted_targets(labels),
+                                          grad_w=head in self.trainable)        # dh (B, T, C)
         grads: dict = {}
-        if head in self.trainable:
-            dh_, dw, _ = linear_backward(dlogits, c_head)
-            _acc(grads, head, dw)
-        else:
-            dh_ = linear_backward(dlogits, c_head, frozen=True)[0]
-        dh = xp.zeros(h.shape, dtype=h.dtype)
-        dh[:, :-1] = dh_                                     # the last position predicts nothing
+        if dw is not None:
+            accumulate(grads, head, dw)
         dx = self._norm_backward(dh, c_norm, "model.norm.weight", grads)
         for i in reversed(range(self.config.num_hidden_layers)):
-            dx = self._layer_backward(dx, i, caches[i], grads)
+            dx = self._layer_backward(dx, i, self._recompute(i, caches[i]), grads)
             caches[i] = None
         if "model.embed_tokens.weight" in self.trainable:
-            _acc(grads, "model.embed_tokens.weight", embedding_backward(dx, c_emb))
+            accumulate(grads, "model.embed_tokens.weight", embedding_backward(dx, c_emb))
         return loss, grads
 
     # ---- bookkeeping --------------------------------------------------------------------
@@ -327,7 +218,7 @@ class LlamaForCausalLM:
         double_quant optional), or a GGUF block type "q8_0" (bits 8), "q4_0" / "q4_1" (bits 4);
         see minilora.quant.formats. Embeddings, norms and lm_head stay float, as bitsandbytes
         leaves lm_head by default. bits=16 leaves the model unchanged. Forward and backward
-        dequantize one weight at a time and keep no dequantized copy.
+        dequantize one layer's weights at a time and keep no dequantized copy (minilora.projections).
         """
         if bits == 16:
             return
@@ -335,6 +226,7 @@ class LlamaForCausalLM:
 
         if self.adapters.merged:
             raise MiniLoraStateError("quantize before merging, not after")
+        self._stacked = {}                             # the float stacks go with the float weights
         for name in list(self.params):                 # one at a time: the float copy is freed as we go
             if ".layers." in name and name.endswith("_proj.weight") and name not in self.trainable:
                 self.quantized[name] = quantize_as(self.params[name], fmt, bits, group_size, double_quant)
@@ -360,14 +252,6 @@ class LlamaForCausalLM:
             arr = self.params.get(n)
             total += int(arr.size) if arr is not None else _prod(self.quantized[n].shape)
         return total
-
-
-def _with_weight(cache, w):
-    """A projection cache with its base weight replaced (None: dropped, an array: restored)."""
-    kind, c = cache
-    if kind == "lora":
-        return kind, c._replace(base=c.base._replace(w=w))
-    return kind, c._replace(w=w)
 
 
 def _prod(shape) -> int:

@@ -12,6 +12,7 @@ from minilora.adapters import LoraConfig, add_lora, merge_lora  # noqa: E402
 from minilora.errors import MiniLoraError  # noqa: E402
 from minilora.io.gguf import read_gguf  # noqa: E402
 from minilora.model import LlamaForCausalLM  # noqa: E402
+from minilora.projections import group_backward, group_forward  # noqa: E402
 from minilora.quant import GGUFBlocks, NF4Tensor, dequantize, format_of, nbytes, quantize_as  # noqa: E402
 from minilora.quant.gguf_blocks import BLOCK_BYTES, from_packed, quantize  # noqa: E402
 
@@ -102,12 +103,19 @@ def test_training_over_kept_blocks_equals_training_over_the_dequantized_base(q4_
 def test_caches_of_a_quantized_projection_hold_no_weight(q4_file):
     m = from_pretrained(q4_file, quant="gguf")
     add_lora(m, LoraConfig(r=2, target_modules=["q_proj"]))
+    p = "model.layers.0."
     x = np.ones((1, 3, m.config.hidden_size), np.float32)
-    _, (kind, c) = m.proj_forward(x, "model.layers.0.self_attn.q_proj")
-    assert kind == "lora" and c.base.w is None
+    qkv = [p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"]
+    _, c = group_forward(m, x, qkv)
+    assert c.w is None and c.loras[0] is not None                 # LoRA on q_proj, no dequantized base kept
     m_in = np.ones((1, 3, m.config.intermediate_size), np.float32)
-    _, (kind, c) = m.proj_forward(m_in, "model.layers.0.mlp.down_proj")
-    assert kind == "linear" and c.w is None
+    y, c = group_forward(m, m_in, [p + "mlp.down_proj"])
+    assert c.w is None
+    dx = group_backward(m, np.ones_like(y), c, {})                 # the backward dequantizes again
+    w = m.weight(p + "mlp.down_proj.weight")
+    assert np.allclose(dx, np.ones_like(y) @ w, rtol=1e-6, atol=1e-6)
+    f = from_pretrained(q4_file)                                   # a float base keeps its stack
+    assert group_forward(f, x, qkv)[1].w is not None
 
 
 def test_quant_gguf_refuses_a_folder(tmp_path):

@@ -23,7 +23,7 @@ LAYERS = [
     ("layers",),                          # forward/backward pairs
     ("quant",),                           # frozen-base formats
     ("config",),                          # LlamaConfig
-    ("model",),                           # LlamaForCausalLM: one decoder layer, the adapter state's owner
+    ("model", "decoder", "projections"),  # LlamaForCausalLM: one decoder layer, projections, the adapter state
     ("adapters",),                        # LoRA by PEFT's rules: add/merge/unmerge, named, weighted
     ("io",),                              # atomic writes, safetensors, HF folders, PEFT files, GGUF
     ("data",),                            # tokenizers, chat templates, data sets, batching

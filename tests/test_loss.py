@@ -130,3 +130,36 @@ def test_float32_agrees_with_float64(case):
     d32 = cross_entropy_backward(c32, dloss)
     assert d32.dtype == np.float32
     np.testing.assert_allclose(d32, cross_entropy_backward(c64, dloss), rtol=1e-5, atol=1e-6)
+
+
+# ---- the head fused with the loss, in row chunks ------------------------------------------------
+@pytest.mark.parametrize("chunk_rows", [1, 2, 100])
+def test_head_cross_entropy_equals_logits_then_loss_and_gradchecks(chunk_rows):
+    from minilora.layers.loss import cross_entropy_fused, head_cross_entropy
+
+    rng = np.random.default_rng(chunk_rows)
+    h, w = rng.standard_normal((2, 5, 4)), rng.standard_normal((9, 4))
+    targets = rng.integers(0, 9, (2, 5))
+    targets[0, :3] = -100
+    targets[1, -1] = -100
+    loss, dh, dw = head_cross_entropy(h, w, targets, grad_w=True, chunk_rows=chunk_rows)
+    ref_loss, dz = cross_entropy_fused(h @ w.T, targets)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-13)
+    np.testing.assert_allclose(dh, dz @ w, rtol=1e-12, atol=1e-14)
+    assert not dh[0, :3].any() and not dh[1, -1].any()          # ignored rows: zero gradient
+    f = lambda: head_cross_entropy(h, w, targets, grad=False)[0]  # noqa: E731
+    assert check_gradient(f, h, dh, 1.0) < 1e-7
+    assert check_gradient(f, w, dw, 1.0) < 1e-7
+    assert head_cross_entropy(h, w, targets, chunk_rows=chunk_rows)[2] is None   # frozen: no dW
+
+
+def test_head_cross_entropy_all_ignored_and_bad_targets():
+    from minilora.layers.loss import head_cross_entropy
+
+    h, w = np.ones((2, 3, 4)), np.ones((5, 4))
+    loss, dh, dw = head_cross_entropy(h, w, np.full((2, 3), -100), grad_w=True)
+    assert float(loss) == 0.0 and dh.shape == h.shape and not dh.any() and not dw.any()
+    with pytest.raises(MiniLoraError, match="target 5 is out of range for 5 classes"):
+        head_cross_entropy(h, w, np.array([[0, 5, 1], [0, 0, 0]]))
+    with pytest.raises(MiniLoraError, match="do not fit"):
+        head_cross_entropy(h, w, np.zeros((2, 4), dtype=int))

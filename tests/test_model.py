@@ -58,14 +58,17 @@ def test_lora_gradients_and_no_frozen_gradient(targets, monkeypatch):
         model.params[m + ".lora_B.weight"][...] = 0.3 * rng.standard_normal(
             model.params[m + ".lora_B.weight"].shape)
     import minilora.model as model_mod
+    import minilora.projections as proj_mod
 
     frozen_flags = []
-    real = model_mod.linear_backward
-    monkeypatch.setattr(model_mod, "linear_backward",
-                        lambda d, c, frozen=False: frozen_flags.append(frozen) or real(d, c, frozen))
+    monkeypatch.setattr(proj_mod, "weight_grads",                       # a base weight's dW: never
+                        lambda name, *a: frozen_flags.append(False))
+    real_head = model_mod.head_cross_entropy
+    monkeypatch.setattr(model_mod, "head_cross_entropy",                # the head: no dW either
+                        lambda *a, **kw: frozen_flags.append(not kw.get("grad_w")) or real_head(*a, **kw))
     ids, labels = batch(cfg, rng)
     check_all(model, ids, labels, sorted(model.adapters.param_names()))
-    assert frozen_flags and all(frozen_flags)  # every base linear ran its frozen backward only
+    assert frozen_flags and all(frozen_flags)  # every base linear and the head: frozen backward only
 
 
 def test_adapter_is_exact_zero_at_init_and_merge_equals_unmerged():
@@ -119,3 +122,49 @@ def test_trainable_summary_matches_formula():
     s = trainable_summary(model)
     assert s["trainable"] == 2 * per_layer
     assert s["all"] == base_total + 2 * per_layer
+
+
+@pytest.mark.parametrize("mode", ["lora_dropout", "full"])
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(mode):
+    cfg = tiny_config(num_hidden_layers=3)
+    runs = []
+    for ckpt in (False, True):
+        model = LlamaForCausalLM.init(cfg, seed=2, dtype="float64", initializer_range=0.5)
+        if mode == "full":
+            model.set_full_finetuning()
+        else:
+            add_lora(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.3, target_modules="all-linear"), seed=3)
+            for m in model.adapters.modules:
+                model.params[m + ".lora_B.weight"][...] = 0.3
+        model.gradient_checkpointing = ckpt
+        ids, labels = batch(cfg, np.random.default_rng(7))
+        runs.append([model.loss_and_grads(ids, labels) for _ in range(2)])   # dropout masks advance
+    assert runs[0][0][1].keys() == runs[1][0][1].keys() and runs[0][0][1]
+    for (l0, g0), (l1, g1) in zip(runs[0], runs[1], strict=True):
+        assert float(l0) == float(l1)
+        for k in g0:
+            np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
+    assert float(runs[0][0][0]) != float(runs[0][1][0]) or mode == "full"  # masks really differ
+
+
+def test_stacked_qkv_weight_follows_params():
+    """The fused q/k/v GEMM reads params: in-place updates and replaced weights are both seen."""
+    cfg = tiny_config()
+    model = LlamaForCausalLM.init(cfg, seed=4, dtype="float64", initializer_range=0.5)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 5))
+    ref = LlamaForCausalLM(cfg, {k: v.copy() for k, v in model.params.items()})   # independent copies
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), rtol=1e-12)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    stack = model._stacked[tuple(f"model.layers.0.{m}" for m in
+                                 ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))][0]
+    assert np.shares_memory(model.params[q], stack)           # params hold row views of the stack
+    model.params[q] *= 1.5                                     # an optimizer-style in-place update
+    ref.params[q] *= 1.5
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), rtol=1e-12)
+    new = np.random.default_rng(1).standard_normal(model.params[q].shape)
+    model.params[q] = new                                      # replaced (as merge and load do)
+    ref.params[q] = new.copy()
+    np.testing.assert_allclose(model.forward(ids), ref.forward(ids), rtol=1e-12)
+    model.quantize_base(8)                                     # a quantized base bypasses the stack
+    assert not model._stacked and q in model.quantized
+    assert np.isfinite(model.forward(ids)).all()

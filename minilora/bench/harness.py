@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from minilora.adapters import merge_lora
+from minilora.bench import real
 from minilora.bench.models import LORA, PRESETS, VOCAB, make_batch, make_config, make_model, minilora_step, step_flops  # noqa: F401  (re-exported: tests and the memory probe use bench.<name>)
 from minilora.bench.tools import (  # noqa: F401  (re-exported: tests and callers use bench.<name>)
     _MEMPROBE,
@@ -39,26 +40,21 @@ from minilora.bench.tools import (  # noqa: F401  (re-exported: tests and caller
     matmul_rate,
     median,
     peak_rss_kib,
+    profile_call,
 )
 from minilora.errors import MiniLoraError
 
 RATIO_KEYS = ("train_step_vs_torch_small", "train_step_vs_torch_medium", "mfu_medium",
               "lora_vs_full_step", "lora_vs_full_peak_mem", "merged_vs_base_latency",
-              "unmerged_vs_base_latency", "kv_cache_speedup", "param_calc_startup_vs_python")
+              "unmerged_vs_base_latency", "kv_cache_speedup", "param_calc_startup_vs_python",
+              "real_lora_step_vs_torch", "real_peak_mem_vs_torch", "threads2_speedup",
+              "gradient_checkpointing_mem", "gradient_checkpointing_time")
 
 # name -> (model config, batch, seq). GQA with half as many KV heads; byte-level vocabulary.
 # ---- threads ------------------------------------------------------------------------------
 
 
-
-
 # ---- timing -------------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 # ---- sections -----------------------------------------------------------------------------
@@ -90,10 +86,6 @@ def bench_train(spec, batch, seq, warmup, repeats, torch_attn=(), threads=1, wit
     out = _summary(interleaved(fns, warmup, repeats), pairs)
     out["initial_loss"] = losses
     return cfg, out
-
-
-
-
 
 
 def peak_memory(spec, batch, seq, mode, threads: int = 1) -> dict:
@@ -148,34 +140,14 @@ def bench_generation(spec, prompt_len, new_tokens, warmup, repeats) -> dict:
 
 def profile_step(spec, batch, seq, mode: str = "lora", top: int = 15) -> list:
     """cProfile of one training step (after one unprofiled step): the `top` entries by own time."""
-    import cProfile
-    import pstats
-
     cfg = make_config(spec)
     ids, labels = make_batch(batch, seq)
     step = minilora_step(make_model(cfg, mode), ids, labels)
     step()
-    prof = cProfile.Profile()
-    prof.runcall(step)
-    stats = pstats.Stats(prof)
-    total = stats.total_tt
-    rows = []
-    for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
-        where = f"{os.path.basename(path)}:{line}({name})" if line else name
-        rows.append({"function": where, "calls": ncalls, "tottime": tottime, "cumtime": cumtime,
-                     "share": tottime / total if total else 0.0})
-    return sorted(rows, key=lambda r: -r["tottime"])[:top]
-
-
-
-
+    return profile_call(step, top)
 
 
 # ---- the run ------------------------------------------------------------------------------
-
-
-
-
 
 
 def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, log=print) -> dict:
@@ -232,6 +204,8 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, lo
                 (2.0 * n ** 3 / out["median"]["matmul"])
             ratios["lora_vs_full_step"] = out["paired"]["minilora_lora/minilora_full"]
 
+    real.run_section(section, P["real"], w, reps["real"], threads, use_torch, ratios, notes, timings, flops)
+
     spec, batch, seq = P["medium"]
     timings["profile_medium_lora"] = section("profile", profile_step, spec, batch, seq)
     mem = section("peak memory", lambda: {m: peak_memory(spec, batch, seq, m, threads) for m in ("lora", "full")})
@@ -259,12 +233,15 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, lo
 
     configs = {size: {"model": make_config(P[size][0]).to_dict(), "batch": P[size][1], "seq": P[size][2]}
                for size in ("small", "medium")}
+    configs["real"] = {"model": P["real"][0], "batch": P["real"][1], "seq": P["real"][2], "lora": real.REAL_LORA}
     configs.update(lora=LORA, preset=preset, warmup=w, repeats=reps, matmul_n=P["matmul_n"],
                    dtype="float32", new_tokens=P["new_tokens"], prompt_len=P["prompt_len"],
                    latency_batch=P["latency_batch"], torch_attention=P["torch_attention"])
     return {"ratios": ratios, "notes": notes, "timings": timings, "flops": flops, "configs": configs,
             "environment": environment(threads), "memory_method": "peak RSS (VmHWM) of a fresh "
-            "subprocess that imports minilora, builds the model (medium) and runs 2 training steps",
+            "subprocess that imports minilora, builds the model (medium) and runs 2 training steps; "
+            "real: VmHWM reset after setup, over 2 steps, minus the RSS after imports, both sides, "
+            "MALLOC_MMAP_THRESHOLD_=65536",
             "section_seconds": sections, "wall_seconds": time.perf_counter() - t_start}
 
 

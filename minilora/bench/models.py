@@ -11,6 +11,14 @@ from minilora.config import LlamaConfig
 from minilora.model import LlamaForCausalLM
 from minilora.training.optim import AdamW
 
+# SmolLM2-135M's shapes (the real case) and a tiny stand-in for the smoke run
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
+                    rope_theta=100000.0, max_position_embeddings=2048)
+TINY_REAL = dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                 max_position_embeddings=64)
+
 PRESETS = {
     "full": {
         "small": (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
@@ -19,7 +27,9 @@ PRESETS = {
                         num_attention_heads=8, num_key_value_heads=4), 4, 256),
         "matmul_n": 2048, "new_tokens": 128, "prompt_len": 64, "latency_batch": 2,
         "torch_attention": {"small": ("sdpa", "eager"), "medium": ("sdpa",)},
-        "warmup": 1, "repeats": {"small": 4, "medium": 3, "latency": 20, "generation": 3, "startup": 10},
+        "real": (SMOLLM2_135M, 4, 128),
+        "warmup": 1, "repeats": {"small": 4, "medium": 3, "latency": 20, "generation": 3, "startup": 10,
+                                 "real": 3},
     },
     "tiny": {
         "small": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -28,7 +38,9 @@ PRESETS = {
                         num_attention_heads=4, num_key_value_heads=2), 2, 24),
         "matmul_n": 256, "new_tokens": 8, "prompt_len": 4, "latency_batch": 2,
         "torch_attention": {"small": ("sdpa", "eager"), "medium": ("sdpa",)},
-        "warmup": 0, "repeats": {"small": 1, "medium": 1, "latency": 3, "generation": 1, "startup": 2},
+        "real": (TINY_REAL, 2, 16),
+        "warmup": 0, "repeats": {"small": 1, "medium": 1, "latency": 3, "generation": 1, "startup": 2,
+                                 "real": 1},
     },
 }
 LORA = dict(r=8, lora_alpha=16, target_modules="all-linear")   # the shipped r8 all-linear run
@@ -71,7 +83,7 @@ def minilora_step(model, ids, labels):
 
 
 # ---- FLOP accounting ---------------------------------------------------------------------
-def step_flops(cfg: LlamaConfig, batch: int, seq: int, mode: str, r: int = LORA["r"]) -> dict:
+def step_flops(cfg: LlamaConfig, batch: int, seq: int, mode: str, r: int = LORA["r"], targets=None) -> dict:
     """Matrix-product FLOPs (2 per multiply-add) one training step needs; see docs/performance.md.
 
     Linear (in -> out) over N tokens: forward 2 N in out; backward dX 2 N in out, plus dW
@@ -79,7 +91,8 @@ def step_flops(cfg: LlamaConfig, batch: int, seq: int, mode: str, r: int = LORA[
     backward dB, dz, dA, dx: 4 N r (in + out). The head sees N' = B (T - 1) tokens. Attention
     counts the causal triangle only (T (T + 1) / 2 query-key pairs per head): QK^T and PV forward,
     dP, dV, dQ, dK backward, 2 hd FLOPs per pair each. Elementwise work (norms, softmax, SwiGLU,
-    RoPE, AdamW) is not counted.
+    RoPE, AdamW) is not counted. targets: the LoRA modules' short names (default: every linear
+    but the head).
     """
     n, n_head = batch * seq, batch * (seq - 1)
     fwd = bwd = 0
@@ -88,7 +101,8 @@ def step_flops(cfg: LlamaConfig, batch: int, seq: int, mode: str, r: int = LORA[
         mm = 2 * tokens * fin * fout
         fwd += mm
         bwd += mm if mode == "lora" else 2 * mm                   # dX (+ dW)
-        if mode == "lora" and name != "lm_head":
+        adapted = name != "lm_head" and (targets is None or name.split(".")[-1] in targets)
+        if mode == "lora" and adapted:
             fwd += 2 * tokens * r * (fin + fout)
             bwd += 4 * tokens * r * (fin + fout)
     pairs = batch * cfg.num_attention_heads * seq * (seq + 1) // 2

@@ -121,6 +121,48 @@ def peak_rss_kib() -> int:
     return kib // 1024 if sys.platform == "darwin" else kib                  # macOS reports bytes
 
 
+def rss_kib() -> int:
+    """This process's resident set size now (VmRSS), KiB; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs); False if impossible."""
+    try:                                     # a kernel control file, not data: no atomic temporary
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def profile_call(fn, top: int = 15) -> list:
+    """cProfile of one call of fn: the `top` entries by own time (function, calls, seconds, share)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    stats = pstats.Stats(prof)
+    total = stats.total_tt
+    rows = []
+    for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        where = f"{os.path.basename(path)}:{line}({name})" if line else name
+        rows.append({"function": where, "calls": ncalls, "tottime": tottime, "cumtime": cumtime,
+                     "share": tottime / total if total else 0.0})
+    return sorted(rows, key=lambda r: -r["tottime"])[:top]
+
+
 def bench_startup(repeats) -> dict:
     """Wall time of `param-calc --help` and of `python -c pass` (fresh processes, interleaved)."""
     script, python = _param_calc_script()

@@ -50,6 +50,15 @@ def init_lora_weights(in_features, out_features, r, rng, xp, init="gaussian", dt
     return a, b
 
 
+class LoraPathCache(NamedTuple):
+    u: object        # (..., in) dropout(x); x itself when no dropout
+    z: object        # (..., r)  u @ A^T
+    mask: object     # (..., in) scaled dropout mask, or None
+    a: object        # (r, in)
+    b: object        # (out, r)
+    scale: float
+
+
 class LoraCache(NamedTuple):
     base: object     # LinearCache of the frozen path (x, W0)
     u: object        # (..., in) dropout(x); x itself when no dropout
@@ -60,12 +69,12 @@ class LoraCache(NamedTuple):
     scale: float
 
 
-def lora_forward(x, w0, a, b, scale, bias=None, dropout_p: float = 0.0, rng=None):
-    """h = x W0^T (+ bias) + s * dropout(x) A^T B^T. Returns (h, cache).
+def lora_path_forward(h, x, a, b, scale, dropout_p: float = 0.0, rng=None) -> LoraPathCache:
+    """The LoRA path alone: h += s * dropout(x) A^T B^T, in place (h (..., out) the base output).
 
     Dropout (p > 0) needs rng, a Generator of the inputs' array module, so runs are reproducible.
+    Used by lora_forward, and by the model where one GEMM computes several modules' base outputs.
     """
-    h, base = linear_forward(x, w0, bias)    # (..., out)
     mask = None
     u = x
     if dropout_p > 0.0:
@@ -81,13 +90,12 @@ def lora_forward(x, w0, a, b, scale, bias=None, dropout_p: float = 0.0, rng=None
     z = _mm2d(u, xp.ascontiguousarray(a.T))  # (..., in) @ (in, r) -> (..., r)
     h += _mm2d(z, xp.ascontiguousarray((scale * b).T))   # (..., r) @ (r, out) -> (..., out)
     # (the small factors are copied row-major: BLAS runs these thin products faster that way)
-    return h, LoraCache(base, u, z, mask, a, b, scale)
+    return LoraPathCache(u, z, mask, a, b, scale)
 
 
-def lora_backward(dout, cache: LoraCache):
-    """Returns (dx, dA, dB). The frozen weight W0 gets no gradient: none is computed."""
-    base, u, z, mask, a, b, s = cache
-    dx, _, _ = linear_backward(dout, base, frozen=True)           # G @ W0
+def lora_path_backward(dout, cache: LoraPathCache):
+    """(dx_lora, dA, dB) of the LoRA path: dx_lora = (s G B A) * D is a fresh array."""
+    u, z, mask, a, b, s = cache
     xp = array_module(dout)
     g2 = dout.reshape(-1, dout.shape[-1])                          # (N, out)
     db = xp.ascontiguousarray((z.reshape(-1, z.shape[-1]).T @ g2).T)   # ((r, N) @ (N, out))^T -> (out, r)
@@ -98,6 +106,23 @@ def lora_backward(dout, cache: LoraCache):
     dxl = _mm2d(dz, a)                                             # (..., r) @ (r, in) -> (..., in)
     if mask is not None:
         dxl *= mask
+    return dxl, da, db
+
+
+def lora_forward(x, w0, a, b, scale, bias=None, dropout_p: float = 0.0, rng=None):
+    """h = x W0^T (+ bias) + s * dropout(x) A^T B^T. Returns (h, cache).
+
+    Dropout (p > 0) needs rng, a Generator of the inputs' array module, so runs are reproducible.
+    """
+    h, base = linear_forward(x, w0, bias)    # (..., out)
+    path = lora_path_forward(h, x, a, b, scale, dropout_p, rng)
+    return h, LoraCache(base, *path)
+
+
+def lora_backward(dout, cache: LoraCache):
+    """Returns (dx, dA, dB). The frozen weight W0 gets no gradient: none is computed."""
+    dx, _, _ = linear_backward(dout, cache.base, frozen=True)     # G @ W0
+    dxl, da, db = lora_path_backward(dout, LoraPathCache(*cache[1:]))
     dx += dxl                                # dx and dxl are fresh arrays: accumulate in place
     return dx, da, db
 

@@ -16,6 +16,12 @@ cross_entropy_fused returns the loss and dlogits (for dL = 1) together, the trai
 softmax + cross-entropy fused: one exp over the logits serves both, e = exp(z - m),
     lse_n = m_n + log(s_n),  s_n = sum_v e_nv,     dz_nv = w_n (e_nv / s_n - [v == t_n]),
 and no logits are cached for a backward.
+
+head_cross_entropy puts the output layer (logits = h W^T) inside the same fusion, for training
+at a large vocabulary: only the rows whose target counts go through the head, and their logits
+are computed a chunk of rows at a time (ROW_CHUNK_BYTES of logits), each chunk turned into its
+loss terms and its dlogits at once, which are then pushed through the head's backward
+(dh = dz W, dW += dz^T h) before the next chunk: no (rows, V) array exists for all the rows at once.
 """
 from __future__ import annotations
 
@@ -105,3 +111,69 @@ def cross_entropy_fused(logits, targets, ignore_index: int = -100):
     e *= (w / s)[:, None]                                                # w * softmax
     e[xp.arange(n), t] -= w                                              # minus w * one-hot
     return loss, e.reshape(logits.shape)
+
+
+ROW_CHUNK_BYTES = 1 << 25      # 32 MiB of logits per chunk: 170 rows of a 49,152-word vocabulary (each
+#                                chunk reads all of W twice, so much smaller chunks are memory-bound)
+
+
+def _check_targets(t, v, ignore_index, xp):
+    """valid (N,) bool; raises MiniLoraError on a target outside [0, V) other than ignore_index."""
+    if t.dtype.kind not in "iu":
+        raise MiniLoraError(f"targets must be integers, got dtype {t.dtype}")
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= v))
+    if bool(xp.any(bad)):
+        raise MiniLoraError(f"target {int(t[bad][0])} is out of range for {v} classes (valid 0..{v - 1}, "
+                            f"or ignore_index={ignore_index})")
+    return valid
+
+
+def head_cross_entropy(h, w, targets, ignore_index: int = -100, grad: bool = True,
+                       grad_w: bool = False, chunk_rows: int | None = None):
+    """(loss, dh, dw): mean cross-entropy of logits = h W^T, and its gradients for dloss = 1.
+
+    h (..., C) hidden states, w (V, C) the head, targets (...) integer (ignore_index = not counted).
+    dh has h's shape (zero on ignored rows) or is None when grad=False; dw (V, C) only when grad_w.
+    The value is that of cross_entropy_fused(h W^T, targets) up to rounding (rows summed by
+    chunk); no (N, V) logits array is ever made.
+    """
+    xp = array_module(h, w)
+    targets = xp.asarray(targets)
+    if targets.shape != h.shape[:-1]:
+        raise MiniLoraError(f"targets of shape {targets.shape} do not fit hidden states of shape {h.shape}")
+    vocab, c = w.shape
+    t = targets.reshape(-1)                                              # (N,)
+    rows = xp.nonzero(_check_targets(t, vocab, ignore_index, xp))[0]     # (K,) the counted rows
+    k = int(rows.shape[0])
+    hk = h.reshape(-1, c)[rows]                                          # (K, C) a gathered copy
+    tk = t[rows]                                                         # (K,)
+    inv = 1.0 / max(k, 1)
+    dw = xp.zeros(w.shape, dtype=w.dtype) if grad and grad_w else None
+    dhk = xp.empty_like(hk) if grad else None
+    step = chunk_rows or max(1, ROW_CHUNK_BYTES // (vocab * w.dtype.itemsize))
+    wt = w.T                                                             # (C, V) a view
+    total = xp.zeros((), dtype=h.dtype)
+    for r0 in range(0, k, step):
+        hc, tc = hk[r0:r0 + step], tk[r0:r0 + step]                      # (n, C), (n,)
+        n = hc.shape[0]
+        z = hc @ wt                                                      # (n, V) logits
+        m = xp.max(z, axis=-1)                                           # (n,)
+        z -= m[:, None]                                                  # z - m, in place
+        picked = z[xp.arange(n), tc]                                     # (n,) z_t - m
+        xp.exp(z, out=z)                                                 # e = exp(z - m)
+        s = xp.sum(z, axis=-1)                                           # (n,)
+        total += xp.sum(xp.log(s) - picked)                              # sum of lse - z_t
+        if not grad:
+            continue
+        z *= (inv / s)[:, None]                                          # softmax / K
+        z[xp.arange(n), tc] -= inv                                       # minus onehot / K
+        xp.matmul(z, w, out=dhk[r0:r0 + n])                              # (n, V) @ (V, C) -> (n, C)
+        if dw is not None:
+            dw += z.T @ hc                                               # (V, n) @ (n, C) -> (V, C)
+    loss = (total * inv).astype(h.dtype)
+    if not grad:
+        return loss, None, None
+    dh = xp.zeros((t.shape[0], c), dtype=h.dtype)                        # (N, C)
+    dh[rows] = dhk
+    return loss, dh.reshape(h.shape), dw

@@ -8,28 +8,26 @@ Forward, elementwise, with sigma the logistic sigmoid
 Backward (G = dL/dh), using sigma' = sigma (1 - sigma)
     du = G * silu(g)
     dg = G * u * sigma(g) * (1 + g * (1 - sigma(g)))
-sigma is evaluated with one exponential, e = exp(-|g|) (never overflows), as
-    sigma(g) = (e * [g < 0] + [g >= 0]) / (1 + e),
-i.e. 1 / (1 + e) for g >= 0 and e / (1 + e) for g < 0: the same floating-point operations as the
-two-branch form (so the same bits), without a where() over two computed branches.
+sigma is evaluated as 1 / (1 + exp(-g)) in four in-place passes over one fresh array: for
+g >= 0 the same operations (so the same bits) as the two-branch stable form, for g < 0 within an
+ulp or two of e / (1 + e), e = exp(g); exp(-g) overflows to inf below g = -88 (float32), where
+1 / inf = 0 is the right limit (the overflow is expected and silenced).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from minilora.backend import array_module
+from minilora.backend import array_module, quiet_overflow
 
 
 def sigmoid(x, xp):
-    """1 / (1 + exp(-x)) as (e [x < 0] + [x >= 0]) / (1 + e), e = exp(-|x|): no overflow."""
-    e = xp.abs(x)
-    xp.negative(e, out=e)
-    xp.exp(e, out=e)                         # e in (0, 1]
-    num = xp.multiply(e, x < 0, dtype=e.dtype)           # e where x < 0, else 0
-    xp.add(num, x >= 0, out=num, dtype=e.dtype)          # 1 where x >= 0 (0 + 1 and e + 0 are exact)
-    e += 1.0
-    num /= e
-    return num
+    """1 / (1 + exp(-x)), in place in one fresh array; exp's overflow to inf (x < -88) gives 0."""
+    s = xp.negative(x)
+    with quiet_overflow(xp):                 # (NumPy only; CuPy raises no floating-point warnings)
+        xp.exp(s, out=s)                     # exp(-x) in (0, inf]
+    s += 1.0
+    xp.reciprocal(s, out=s)
+    return s
 
 
 class SwiGLUCache(NamedTuple):
@@ -46,14 +44,18 @@ def swiglu_forward(g, u):
     return h, SwiGLUCache(g, u)
 
 
-def swiglu_backward(dout, cache: SwiGLUCache):
-    """Returns (dg, du), each (..., I). The sigmoid is recomputed, not cached."""
+def swiglu_backward(dout, cache: SwiGLUCache, out=None):
+    """Returns (dg, du), each (..., I). The sigmoid is recomputed, not cached.
+
+    out: optional (dg, du) arrays of g's shape to write into (e.g. the two halves of one buffer).
+    """
     g, u = cache
     xp = array_module(dout, g)
+    dg_out, du_out = (None, None) if out is None else out
     s = sigmoid(g, xp)                       # (..., I)
     sg = g * s                               # silu(g)
-    du = dout * sg
-    dg = 1.0 - s                             # fresh temporaries, updated in place:
+    du = xp.multiply(dout, sg, out=du_out)
+    dg = xp.subtract(1.0, s, out=dg_out)     # fresh (or given) arrays, updated in place:
     dg *= sg                                 # g s (1 - s)
     dg += s                                  # s (1 + g (1 - s))
     dg *= u

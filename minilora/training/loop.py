@@ -24,10 +24,10 @@ import numbers
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from minilora.backend import asarray, backend_name, to_numpy
+from minilora.backend import asarray, quiet_overflow, to_numpy
 from minilora.data.batching import iterate_batches, num_batches
 from minilora.errors import MiniLoraError, MiniLoraStateError
 from minilora.io.destination import check_output_location
@@ -38,13 +38,6 @@ from minilora.training.resume import check_counters, check_resume, restore, run_
 
 
 # settings that do not change the trajectory may differ between a run and its resume
-def _quiet_overflow(model):
-    """NumPy's overflow / invalid-value warnings off (the loss check reports a non-finite step)."""
-    if backend_name(model.xp) == "numpy":
-        return model.xp.errstate(over="ignore", invalid="ignore", divide="ignore")
-    return nullcontext()
-
-
 @contextmanager
 def _hold_interrupt():
     """Hold Ctrl-C until the block ends (main thread only), so an update or save is never torn."""
@@ -195,7 +188,7 @@ def _resume(run: _Run, resume_from):
 def _micro_batch(run: _Run, ids, labels, epoch: int, k: int) -> bool:
     """Forward and backward of one micro-batch into run.accum; True when an optimizer step is due."""
     model = run.model
-    with _quiet_overflow(model):                         # a NaN run: one error below, not 40 warnings
+    with _quiet(model):                         # a NaN run: one error below, not 40 warnings
         loss, grads = model.loss_and_grads(asarray(ids, model.xp), asarray(labels, model.xp))
     lv = float(loss)                                     # the one host read per micro-batch
     if not math.isfinite(lv):
@@ -212,7 +205,7 @@ def _optimizer_step(run: _Run, epoch: int, k: int, last_in_epoch: bool):
     cfg, result = run.cfg, run.result
     for g in run.accum.values():
         g *= 1.0 / run.micro
-    with _quiet_overflow(run.model):
+    with _quiet(run.model):
         norm = clip_grad_norm(run.accum, cfg.max_grad_norm)
     if not math.isfinite(norm):
         raise MiniLoraError(_fault(f"non-finite gradient norm ({norm})", result, epoch, k, run.checkpoint_dir))
@@ -250,6 +243,11 @@ def _interrupted(run: _Run, e: KeyboardInterrupt):
     _save(run)
     raise TrainingInterrupted(f"training stopped at step {steps} of {n_total}; resumable "
                               f"checkpoint saved to {folder}", str(folder), steps) from None
+
+
+def _quiet(model):
+    """NumPy's overflow / invalid-value warnings off (the loss check reports a non-finite step)."""
+    return quiet_overflow(model.xp, over="ignore", invalid="ignore", divide="ignore")
 
 
 def _fault(what: str, result: TrainResult, epoch: int, batch: int, checkpoint_dir) -> str:
