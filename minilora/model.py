@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from minilora.backend import array_module, asarray, get_xp
+from minilora.backend import array_module, asarray, check_allocation, get_xp
 from minilora.config import LlamaConfig
 from minilora.decoder import DecoderLayer, LayerCheckpoint
 from minilora.errors import MiniLoraError, MiniLoraStateError
@@ -87,6 +87,8 @@ class LlamaForCausalLM(DecoderLayer):
         the same weights on every backend (NumPy and CuPy runs can be compared).
         """
         xp = get_xp("numpy") if xp is None else xp
+        n = config.num_parameters()                      # sized before anything is allocated
+        check_allocation(n * get_xp("numpy").dtype(dtype).itemsize, f"a model of {n:,} parameters", xp)
         rng = get_xp("numpy").random.default_rng(seed)
         params = {}
         for name, shape in config.param_shapes().items():
@@ -108,8 +110,9 @@ class LlamaForCausalLM(DecoderLayer):
         """
         xp = get_xp(xp_or_name) if isinstance(xp_or_name, str) else xp_or_name
         self.params = {k: asarray(v, xp) for k, v in self.params.items()}
-        self.quantized = {k: qt._replace(q=asarray(qt.q, xp), scales=asarray(qt.scales, xp))
-                          for k, qt in self.quantized.items()}
+        from minilora.quant import to_backend
+
+        self.quantized = {k: to_backend(qt, xp) for k, qt in self.quantized.items()}
         for stored in self.adapters.inactive.values():
             stored.factors = {k: asarray(v, xp) for k, v in stored.factors.items()}
         self.xp = xp
@@ -126,7 +129,7 @@ class LlamaForCausalLM(DecoderLayer):
         return "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
 
     def weight(self, name: str):
-        """A base weight as an array of the model's dtype (dequantized if stored quantized)."""
+        """A base weight as an array of the model's dtype (dequantized if stored quantized, in any format)."""
         if name in self.quantized:
             from minilora.quant import dequantize
 

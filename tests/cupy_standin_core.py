@@ -35,7 +35,7 @@ class Ufunc:
         check_call("cupy." + self.__name__, self._spec, args, kwargs)
         a, kw = device_args("cupy." + self.__name__, args, kwargs, allow_lists=False)
         r = self._np(*a, **kw)
-        return kwargs["out"] if "out" in kwargs else wrap(self._ndarray, r)
+        return kwargs["out"] if kwargs.get("out") is not None else wrap(self._ndarray, r)
 
     def _method(self, method, args, kwargs):
         check_call(f"cupy.{self.__name__}.{method}", API["classes"]["cupy.ufunc"][method], args, kwargs)
@@ -43,7 +43,7 @@ class Ufunc:
             raise NotImplementedError(f"`{self.name}.reduceat` is not supported yet")
         a, kw = device_args(method, args, kwargs)
         r = getattr(self._np, method)(*a, **kw)
-        return kwargs["out"] if "out" in kwargs else wrap(self._ndarray, r)
+        return kwargs["out"] if kwargs.get("out") is not None else wrap(self._ndarray, r)
 
     def at(self, *args, **kwargs):
         """at(a, indices, b) in place; the indices may be host arrays."""

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -168,81 +169,104 @@ def run_bench(preset: str = "full", use_torch: bool = True, threads: int = 1, lo
     if got is not None and got != threads:
         raise MiniLoraError(f"could not set the BLAS to {threads} threads (it uses {got})")
     torch_ok = use_torch and _torch_available()
-    ratios = dict.fromkeys(RATIO_KEYS)
-    notes, timings, flops, sections = {}, {}, {}, {}
+    r = _Result(ratios=dict.fromkeys(RATIO_KEYS), log=log)
     if not torch_ok:
         why = "PyTorch is not installed" if use_torch else "--no-torch was given"
-        notes["train_step_vs_torch_small"] = notes["train_step_vs_torch_medium"] = why
+        r.notes["train_step_vs_torch_small"] = r.notes["train_step_vs_torch_medium"] = why
     w, reps = P["warmup"], P["repeats"]
+    r.timings["matmul"] = r.section("matmul peak", matmul_rate, P["matmul_n"])
+    for size in ("small", "medium"):
+        _train_section(r, P, size, torch_ok, threads)
+    real.run_section(r.section, P["real"], w, reps["real"], threads, use_torch, r.ratios, r.notes, r.timings,
+                     r.flops)
+    _memory_and_latency_sections(r, P, threads)
+    return {"ratios": r.ratios, "notes": r.notes, "timings": r.timings, "flops": r.flops,
+            "configs": _configs(P, preset), "environment": environment(threads), "memory_method": MEMORY_METHOD,
+            "section_seconds": r.sections, "wall_seconds": time.perf_counter() - t_start}
 
-    def section(name, fn, *args, **kw):
-        log(f"{name} ...")
+
+MEMORY_METHOD = ("peak RSS (VmHWM) of a fresh subprocess that imports minilora, builds the model (medium) and "
+                 "runs 2 training steps; real: VmHWM reset after setup, over 2 steps, minus the RSS after imports, "
+                 "both sides, MALLOC_MMAP_THRESHOLD_=65536")
+
+
+@dataclass
+class _Result:
+    """What the sections fill in: ratios, their notes, raw timings, FLOP counts, section times."""
+    ratios: dict
+    log: object
+    notes: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    flops: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)
+
+    def section(self, name, fn, *args, **kw):
+        self.log(f"{name} ...")
         t0 = time.perf_counter()
         result = fn(*args, **kw)
-        sections[name] = time.perf_counter() - t0
+        self.sections[name] = time.perf_counter() - t0
         return result
 
-    timings["matmul"] = section("matmul peak", matmul_rate, P["matmul_n"])
-    for size in ("small", "medium"):
-        spec, batch, seq = P[size]
-        medium = size == "medium"
-        attn = P["torch_attention"][size] if torch_ok else ()
-        cfg, out = section(f"train step {size}", bench_train, spec, batch, seq, w, reps[size], attn,
-                           threads, with_full=medium, matmul_n=P["matmul_n"] if medium else None)
-        timings[f"train_{size}"] = out
-        if attn:                                   # PyTorch's faster attention kind is the reference
-            ratios[f"train_step_vs_torch_{size}"] = min(out["paired"][f"torch_{a}/minilora_lora"] for a in attn)
-        if medium:
-            flops["medium_lora"] = step_flops(cfg, batch, seq, "lora")
-            flops["medium_full"] = step_flops(cfg, batch, seq, "full")
-            n = P["matmul_n"]
-            ratios["mfu_medium"] = flops["medium_lora"]["total"] / (2.0 * n ** 3) * out["paired"][
-                "matmul/minilora_lora"]                       # (F / t_step) / (2 n^3 / t_matmul)
-            out["mfu_vs_best_matmul"] = flops["medium_lora"]["total"] / out["median"]["minilora_lora"] / \
-                timings["matmul"]["flops_per_s"]
-            out["mfu_full"] = flops["medium_full"]["total"] / out["median"]["minilora_full"] / \
-                (2.0 * n ** 3 / out["median"]["matmul"])
-            ratios["lora_vs_full_step"] = out["paired"]["minilora_lora/minilora_full"]
 
-    real.run_section(section, P["real"], w, reps["real"], threads, use_torch, ratios, notes, timings, flops)
+def _train_section(r: _Result, P: dict, size: str, torch_ok: bool, threads: int):
+    """A training step of the small or medium config against PyTorch; medium also gives MFU and LoRA vs full."""
+    spec, batch, seq = P[size]
+    medium = size == "medium"
+    attn = P["torch_attention"][size] if torch_ok else ()
+    cfg, out = r.section(f"train step {size}", bench_train, spec, batch, seq, P["warmup"], P["repeats"][size], attn,
+                         threads, with_full=medium, matmul_n=P["matmul_n"] if medium else None)
+    r.timings[f"train_{size}"] = out
+    if attn:                                   # PyTorch's faster attention kind is the reference
+        r.ratios[f"train_step_vs_torch_{size}"] = min(out["paired"][f"torch_{a}/minilora_lora"] for a in attn)
+    if not medium:
+        return
+    r.flops["medium_lora"] = step_flops(cfg, batch, seq, "lora")
+    r.flops["medium_full"] = step_flops(cfg, batch, seq, "full")
+    n = P["matmul_n"]
+    r.ratios["mfu_medium"] = r.flops["medium_lora"]["total"] / (2.0 * n ** 3) * out["paired"][
+        "matmul/minilora_lora"]                       # (F / t_step) / (2 n^3 / t_matmul)
+    out["mfu_vs_best_matmul"] = r.flops["medium_lora"]["total"] / out["median"]["minilora_lora"] / \
+        r.timings["matmul"]["flops_per_s"]
+    out["mfu_full"] = r.flops["medium_full"]["total"] / out["median"]["minilora_full"] / \
+        (2.0 * n ** 3 / out["median"]["matmul"])
+    r.ratios["lora_vs_full_step"] = out["paired"]["minilora_lora/minilora_full"]
 
+
+def _memory_and_latency_sections(r: _Result, P: dict, threads: int):
+    """Profile, peak memory (LoRA vs full), merged latency, the KV cache, param-calc's start-up."""
+    w, reps = P["warmup"], P["repeats"]
     spec, batch, seq = P["medium"]
-    timings["profile_medium_lora"] = section("profile", profile_step, spec, batch, seq)
-    mem = section("peak memory", lambda: {m: peak_memory(spec, batch, seq, m, threads) for m in ("lora", "full")})
-    timings["peak_memory"] = mem
-    ratios["lora_vs_full_peak_mem"] = mem["lora"]["peak_rss_kib"] / mem["full"]["peak_rss_kib"]
+    r.timings["profile_medium_lora"] = r.section("profile", profile_step, spec, batch, seq)
+    mem = r.section("peak memory", lambda: {m: peak_memory(spec, batch, seq, m, threads) for m in ("lora", "full")})
+    r.timings["peak_memory"] = mem
+    r.ratios["lora_vs_full_peak_mem"] = mem["lora"]["peak_rss_kib"] / mem["full"]["peak_rss_kib"]
     mem["traced_peak_ratio"] = mem["lora"]["traced_peak_kib"] / mem["full"]["traced_peak_kib"]
-
-    lat = section("forward latency", bench_latency, P["small"][0], P["latency_batch"], P["small"][2],
-                  w + 1, reps["latency"])
-    timings["latency"] = lat
-    ratios["merged_vs_base_latency"] = lat["paired"]["merged/base"]
-    ratios["unmerged_vs_base_latency"] = lat["paired"]["unmerged/base"]
-
-    gen = section("generation", bench_generation, P["small"][0], P["prompt_len"], P["new_tokens"], 0,
-                  reps["generation"])
-    timings["generation"] = gen
+    lat = r.section("forward latency", bench_latency, P["small"][0], P["latency_batch"], P["small"][2],
+                    w + 1, reps["latency"])
+    r.timings["latency"] = lat
+    r.ratios["merged_vs_base_latency"] = lat["paired"]["merged/base"]
+    r.ratios["unmerged_vs_base_latency"] = lat["paired"]["unmerged/base"]
+    gen = r.section("generation", bench_generation, P["small"][0], P["prompt_len"], P["new_tokens"], 0,
+                    reps["generation"])
+    r.timings["generation"] = gen
     if "skipped" in gen:
-        notes["kv_cache_speedup"] = gen["skipped"]
+        r.notes["kv_cache_speedup"] = gen["skipped"]
     else:
-        ratios["kv_cache_speedup"] = gen["paired"]["no_cache/cache"]
+        r.ratios["kv_cache_speedup"] = gen["paired"]["no_cache/cache"]
+    st = r.section("param-calc startup", bench_startup, reps["startup"])
+    r.timings["startup"] = st
+    r.ratios["param_calc_startup_vs_python"] = st["paired"]["param_calc_help/python_pass"]
 
-    st = section("param-calc startup", bench_startup, reps["startup"])
-    timings["startup"] = st
-    ratios["param_calc_startup_vs_python"] = st["paired"]["param_calc_help/python_pass"]
 
+def _configs(P: dict, preset: str) -> dict:
+    """The configurations every section ran, recorded with the results."""
     configs = {size: {"model": make_config(P[size][0]).to_dict(), "batch": P[size][1], "seq": P[size][2]}
                for size in ("small", "medium")}
     configs["real"] = {"model": P["real"][0], "batch": P["real"][1], "seq": P["real"][2], "lora": real.REAL_LORA}
-    configs.update(lora=LORA, preset=preset, warmup=w, repeats=reps, matmul_n=P["matmul_n"],
+    configs.update(lora=LORA, preset=preset, warmup=P["warmup"], repeats=P["repeats"], matmul_n=P["matmul_n"],
                    dtype="float32", new_tokens=P["new_tokens"], prompt_len=P["prompt_len"],
                    latency_batch=P["latency_batch"], torch_attention=P["torch_attention"])
-    return {"ratios": ratios, "notes": notes, "timings": timings, "flops": flops, "configs": configs,
-            "environment": environment(threads), "memory_method": "peak RSS (VmHWM) of a fresh "
-            "subprocess that imports minilora, builds the model (medium) and runs 2 training steps; "
-            "real: VmHWM reset after setup, over 2 steps, minus the RSS after imports, both sides, "
-            "MALLOC_MMAP_THRESHOLD_=65536",
-            "section_seconds": sections, "wall_seconds": time.perf_counter() - t_start}
+    return configs
 
 
 def format_ratios(result: dict) -> str:

@@ -96,22 +96,9 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
     if not test_rows:
         raise MiniLoraError(f"run {run_name!r} has no test_dataset_path to measure accuracy on")
     train_rows, test_rows = train_rows[:max_train], test_rows[:max_test]
-    times = {}
-
-    t = time.perf_counter()
-    path = resolve_base(model)
-    times["fetch"] = time.perf_counter() - t
-    t = time.perf_counter()
-    m, tok, _ = model_and_tokenizer(run, quant_bits=16)
-    times["load"], load_rss = time.perf_counter() - t, _peak_rss_mb()
-    float_mb = m.num_params() * m.dtype.itemsize / 2**20
-    m.quantize_base(run.quant_bits)
-    c = m.config
-    log(f"model: {path}\n  {m.num_params():,} parameters, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
-        f"vocab {c.vocab_size}; loaded in {times['load']:.1f}s (fetch {times['fetch']:.1f}s), peak RSS "
-        f"{load_rss:.0f} MB; weights {float_mb:.0f} MB float32, decoder linears now {run.quant_bits}-bit")
-    log(f"tokenizer: {type(tok).__name__}, vocab {tok.vocab_size}, chat template: {bool(tok.chat_template)}")
-    labels, max_len = candidate_labels(test_rows), c.max_position_embeddings
+    m, tok, info = _load(run, model, log)
+    times = info["times"]
+    labels, max_len = candidate_labels(test_rows), m.config.max_position_embeddings
     examples = encode_records(train_rows, tok, max_len, run.train_on_inputs, where=run.dataset_path)
     log(f"data: {len(examples)} train rows ({sum(len(e[0]) for e in examples) / len(examples):.0f} tokens each "
         f"in the chat template), {len(test_rows)} held-out rows; labels {', '.join(labels)}")
@@ -122,17 +109,8 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
     log(f"zero-shot accuracy: {100 * acc0:.1f}% (chance {100 / len(labels):.1f}%), {times['eval zero-shot']:.1f}s")
     gen_rows = _pick_generation_rows(test_rows)
     before = answers(float_view(m), tok, gen_rows)
-
-    add_lora(m, LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
-                           lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora), seed=run.seed)
-    s = trainable_summary(m)
-    log(f"LoRA r={run.lora_r} on {', '.join(run.target_modules)}: {s['trainable']:,} trainable "
-        f"({s['percent']:.3f}%); {len(examples) // run.batch_size} steps of {run.batch_size}, lr {run.learning_rate}")
-    res, peak = measured_fit(m, examples, train_config(run), f"LoRA r={run.lora_r}", progress)
+    s, res, peak = _finetune(m, run, examples, adapter_dir, progress, log)
     times["train"] = res.seconds
-    log(f"trained in {res.seconds:.1f}s, loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}")
-    save_adapter(m, adapter_dir, base_model_name_or_path=model)
-    log(f"adapter written to {adapter_dir}/ (PEFT format)")
 
     t = time.perf_counter()
     view = float_view(m)
@@ -149,8 +127,8 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
     log("")
     log(f"merged vs unmerged logits (float32 base): max abs diff {merge['max_abs_diff']:.2e}, "
         f"relative {merge['rel_diff']:.1e}")
-    summary = dict(model=model, path=path, parameters=m.num_params(), load_seconds=times["load"],
-                   load_peak_rss_mb=load_rss, weights_float32_mb=float_mb, zero_shot_accuracy=acc0,
+    summary = dict(model=model, path=info["path"], parameters=m.num_params(), load_seconds=times["load"],
+                   load_peak_rss_mb=info["load_rss"], weights_float32_mb=info["float_mb"], zero_shot_accuracy=acc0,
                    lora_accuracy=acc, trainable=s["trainable"], train_seconds=res.seconds, train_peak_mb=peak / 2**20,
                    losses=res.losses, n_train=len(examples), n_test=len(test_rows), times=times,
                    generations=[dict(zip(("prompt", "label"), prompt_and_answer(r), strict=True), before=b, after=a)
@@ -164,6 +142,39 @@ def run_real_demo(model="smollm2-135m-instruct", out_dir="demo_real_out", config
     log(f"\nreal-model demo finished in {summary['seconds']:.0f}s (CPU time {summary['cpu_seconds']:.0f}s with "
         f"{summary['blas_threads']} BLAS threads; load average {summary['load_average'][0]:.1f})")
     return summary
+
+
+def _load(run, model, log):
+    """(model with its frozen base quantized, its tokenizer, {path, times, load_rss, float_mb}); fetched if needed."""
+    times = {}
+    t = time.perf_counter()
+    path = resolve_base(model)
+    times["fetch"] = time.perf_counter() - t
+    t = time.perf_counter()
+    m, tok, _ = model_and_tokenizer(run, quant_bits=16)
+    times["load"], load_rss = time.perf_counter() - t, _peak_rss_mb()
+    float_mb = m.num_params() * m.dtype.itemsize / 2**20
+    m.quantize_base(run.quant_bits, fmt=run.quant_format if run.quant_format != "gguf" else "absmax")
+    c = m.config
+    log(f"model: {path}\n  {m.num_params():,} parameters, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+        f"vocab {c.vocab_size}; loaded in {times['load']:.1f}s (fetch {times['fetch']:.1f}s), peak RSS "
+        f"{load_rss:.0f} MB; weights {float_mb:.0f} MB float32, decoder linears now {run.quant_bits}-bit")
+    log(f"tokenizer: {type(tok).__name__}, vocab {tok.vocab_size}, chat template: {bool(tok.chat_template)}")
+    return m, tok, dict(path=path, times=times, load_rss=load_rss, float_mb=float_mb)
+
+
+def _finetune(m, run, examples, adapter_dir, progress, log):
+    """LoRA on m, trained on examples, saved (PEFT) before anything evaluates it: (summary, result, peak bytes)."""
+    add_lora(m, LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha, target_modules=run.target_modules,
+                           lora_dropout=run.lora_dropout, use_rslora=run.peft_use_rslora), seed=run.seed)
+    s = trainable_summary(m)
+    log(f"LoRA r={run.lora_r} on {', '.join(run.target_modules)}: {s['trainable']:,} trainable "
+        f"({s['percent']:.3f}%); {len(examples) // run.batch_size} steps of {run.batch_size}, lr {run.learning_rate}")
+    res, peak = measured_fit(m, examples, train_config(run), f"LoRA r={run.lora_r}", progress)
+    log(f"trained in {res.seconds:.1f}s, loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}")
+    save_adapter(m, adapter_dir, base_model_name_or_path=run.base_model)
+    log(f"adapter written to {adapter_dir}/ (PEFT format)")
+    return s, res, peak
 
 
 def merged_vs_unmerged(m, seqs) -> dict:
