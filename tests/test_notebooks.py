@@ -107,3 +107,24 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, capsys):
         print(f"\n  {path.name}: {wall:.1f} s wall, {cpu:.1f} s kernel CPU", end="")
     assert cpu < BUDGET_CPU_S, f"{path.name} used {cpu:.0f} s of CPU (budget {BUDGET_CPU_S:.0f} s)"
     assert path.read_bytes() == (ROOT / "notebooks" / path.name).read_bytes()   # the original is untouched
+
+
+def test_notebook_08_adapters_match_their_manifest():
+    """The adapters notebook 08 loads are the files scripts/train_real_adapters.py wrote: every file
+    listed with its sha256 and size, nothing else in the folder, under 5 MB in all, PEFT-readable."""
+    import hashlib
+
+    from minilora.io.peft import read_adapter_factors
+
+    folder = ROOT / "notebooks" / "assets" / "smollm2_adapters"
+    manifest = json.loads((folder / "MANIFEST.json").read_text(encoding="utf-8"))
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert on_disk == set(manifest["files"]) | {"MANIFEST.json"}
+    for name, f in manifest["files"].items():
+        data = (folder / name).read_bytes()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (f["sha256"], f["bytes"]), name
+    assert sum(f["bytes"] for f in manifest["files"].values()) == manifest["total_bytes"] < 5 * 2**20
+    for name, a in manifest["adapters"].items():
+        modules = read_adapter_factors(folder / name).modules
+        assert len(modules) == 2 * len(manifest["layers"])
+        assert all(A.shape[0] == a["r"] and A.dtype.name == "float32" for A, _, _ in modules.values())
