@@ -119,8 +119,8 @@ def main(argv=None) -> int:
                 p = os.path.join(tmp, name, fn)
                 files[f"{name}/{fn}"] = {"sha256": sha256(p), "bytes": os.path.getsize(p)}
         manifest = {
-            "command": "OPENBLAS_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_real_adapters.py "
-                       + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "command": ("OPENBLAS_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/train_real_adapters.py "
+                        + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip(),
             "model": MODEL, "model_file": os.path.basename(path), "model_sha256": sha256(path),
             "base": "the GGUF's weights dequantized to float32 (minilora.io.from_pretrained)",
             "data": "data/sentiment_train.jsonl", "rows": len(examples), "batch_size": args.batch,
