@@ -36,6 +36,7 @@ PRESETS = {
     "mistral-7b-v0.3": ("mistralai/Mistral-7B-v0.3",
                         _llama(4096, 14336, 32, 32, 8, 32768, False, model_type="mistral")),
     "qwen2.5-7b": ("Qwen/Qwen2.5-7B", _llama(3584, 18944, 28, 28, 4, 152064, False, model_type="qwen2")),
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", _llama(576, 1536, 30, 9, 3, 49152, True)),
     "gpt2": ("openai-community/gpt2", _gpt2(768, 12, 12)),
     "gpt2-medium": ("openai-community/gpt2-medium", _gpt2(1024, 24, 16)),
     "gpt2-large": ("openai-community/gpt2-large", _gpt2(1280, 36, 20)),

@@ -3,6 +3,7 @@
 The counts were also checked against transformers + PEFT (tests/test_param_calc_peft_oracle.py,
 optional); the preset totals pinned below are the ones that check confirmed.
 """
+import math
 import os
 
 import pytest
@@ -73,7 +74,7 @@ BASE = {
     "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824, "mistral-7b": 7_241_732_096,
     "mistral-7b-v0.3": 7_248_023_552, "qwen2.5-7b": 7_615_616_512, "gpt2": 124_439_808,
     "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200,
-    "gpt3-175b": 174_604_259_328,
+    "gpt3-175b": 174_604_259_328, "smollm2-135m": 134_515_008,
 }
 
 
@@ -109,7 +110,8 @@ def test_llama_shape_contract_unchanged():
     ("NousResearch/Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b"),
     ("LLAMA-3.1-70B", "llama-3.1-70b"), ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b"),
     ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b-v0.3"), ("openai-community/gpt2", "gpt2"),
-    ("gpt2-small", "gpt2"), ("GPT-3", "gpt3-175b"),
+    ("gpt2-small", "gpt2"), ("GPT-3", "gpt3-175b"), ("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m"),
+    ("smollm2-135m-instruct", "smollm2-135m"),
 ])
 def test_resolve_preset(given_name, expected):
     assert resolve_preset(given_name) == expected
@@ -311,3 +313,28 @@ def test_memory_estimate_components():
 
 def test_from_preset_carries_hf_id():
     assert from_preset("llama-3.1-70b").hf_id == "meta-llama/Llama-3.1-70B"
+
+
+def test_smollm2_preset_equals_the_gguf_model():
+    """The preset's shapes and counts are those of the model minilora loads from the cached GGUF
+    (its header: config and tensor shapes, no data read); skips unless the model was fetched."""
+    pytest.importorskip("gguf")
+    from minilora.errors import MiniLoraError
+    from minilora.io.gguf import hf_name, read_gguf_header
+    from minilora.runs.registry import resolve_model
+
+    try:
+        path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
+    except MiniLoraError as e:
+        pytest.skip(str(e))
+    config, shapes, _ = read_gguf_header(path)
+    a = arch("smollm2-135m")
+    gguf_shapes = {hf_name(n): s for n, (s, _) in shapes.items() if n != "rope_freqs.weight"}
+    assert gguf_shapes == a.param_shapes and "lm_head.weight" not in gguf_shapes       # tied
+    assert sum(math.prod(s) for s in gguf_shapes.values()) == a.base_params == 134_515_008
+    for key, value in preset_config("smollm2-135m").items():
+        if key != "model_type":
+            assert getattr(config, key) == value, key
+    adapted = config.linear_modules()           # minilora's {module: (in, out)}: LoRA r=8 on q and v
+    ours = sum(8 * (i + o) for m, (i, o) in adapted.items() if m.endswith(("q_proj", "v_proj")))
+    assert count_lora(a, 8, ["q_proj", "v_proj"]).lora_params == ours == 30 * 8 * (576 + 576 + 576 + 192)
