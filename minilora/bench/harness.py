@@ -95,7 +95,7 @@ def peak_memory(spec, batch, seq, mode, threads: int = 1) -> dict:
     peak_rss_kib is the process's RSS high-water mark (VmHWM); traced_* are tracemalloc's counts
     of live Python and NumPy allocations (setup = weights; after steps = + optimizer state).
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
     code = _MEMPROBE.format(root=root, spec=spec, mode=mode, batch=batch, seq=seq)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

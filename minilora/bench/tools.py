@@ -166,7 +166,7 @@ def profile_call(fn, top: int = 15) -> list:
 def bench_startup(repeats) -> dict:
     """Wall time of `param-calc --help` and of `python -c pass` (fresh processes, interleaved)."""
     script, python = _param_calc_script()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     cmd = [script, "--help"] if script else [python, "-m", "param_calc", "--help"]
 
