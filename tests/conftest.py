@@ -27,3 +27,17 @@ def backend_params():
     return [pytest.param("numpy", id="numpy"),
             pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(
                 reason is not None, reason=f"CuPy cannot run here: {reason}"))]
+
+
+def smollm2_gguf():
+    """The cached SmolLM2-135M-Instruct GGUF (`minilora fetch smollm2-135m-instruct`, which `make test`
+    runs first); the calling test skips when it is not there (nothing is fetched from a test)."""
+    import pytest
+
+    from minilora.errors import MiniLoraError
+    from minilora.runs.registry import resolve_model
+
+    try:
+        return resolve_model("smollm2-135m-instruct", fetch_missing=False)
+    except MiniLoraError as e:
+        pytest.skip(str(e))

@@ -251,13 +251,9 @@ def test_not_a_gguf_file(tmp_path):
 # ---- the real model (skips unless `minilora fetch smollm2-135m-instruct` has run) ---------------
 @pytest.fixture(scope="module")
 def smollm2():
-    from minilora.runs.registry import resolve_model
+    from conftest import smollm2_gguf
 
-    try:
-        path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
-    except MiniLoraError as e:
-        pytest.skip(str(e))
-    return from_pretrained(path)
+    return from_pretrained(smollm2_gguf())
 
 
 def test_smollm2_config_is_the_published_one(smollm2):

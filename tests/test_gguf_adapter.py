@@ -127,12 +127,9 @@ def test_cli(tmp_path, base, capsys):
 def test_smollm2_adapter_size_as_docs_quote(tmp_path):
     """docs/gguf.md: an r=8 q, k, v, o adapter of SmolLM2-135M (cached GGUF) exports to 3,702,944 bytes,
     and the file's Q4_1 layer weights kept packed take 63.3 MiB (20 bytes per 32 weights)."""
-    from minilora.runs.registry import resolve_model
+    from conftest import smollm2_gguf
 
-    try:
-        path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
-    except MiniLoraError:
-        pytest.skip("SmolLM2-135M-Instruct is not in the cache (minilora fetch smollm2-135m-instruct)")
+    path = smollm2_gguf()
     from minilora.quant import nbytes
 
     model = from_pretrained(path, quant="gguf")

@@ -46,13 +46,9 @@ def _load(path):
 def _skip_without_real_model():
     """Skip unless SmolLM2-135M-Instruct is in the cache (the tests never download a model)."""
     pytest.importorskip("gguf")
-    from minilora.errors import MiniLoraError
-    from minilora.runs.registry import resolve_model
+    from conftest import smollm2_gguf
 
-    try:
-        resolve_model("smollm2-135m-instruct", fetch_missing=False)
-    except MiniLoraError as e:
-        pytest.skip(str(e))
+    smollm2_gguf()
 
 
 def test_the_eight_notebooks_are_there():

@@ -319,14 +319,11 @@ def test_smollm2_preset_equals_the_gguf_model():
     """The preset's shapes and counts are those of the model minilora loads from the cached GGUF
     (its header: config and tensor shapes, no data read); skips unless the model was fetched."""
     pytest.importorskip("gguf")
-    from minilora.errors import MiniLoraError
-    from minilora.io.gguf import hf_name, read_gguf_header
-    from minilora.runs.registry import resolve_model
+    from conftest import smollm2_gguf
 
-    try:
-        path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
-    except MiniLoraError as e:
-        pytest.skip(str(e))
+    from minilora.io.gguf import hf_name, read_gguf_header
+
+    path = smollm2_gguf()
     config, shapes, _ = read_gguf_header(path)
     a = arch("smollm2-135m")
     gguf_shapes = {hf_name(n): s for n, (s, _) in shapes.items() if n != "rope_freqs.weight"}

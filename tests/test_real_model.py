@@ -18,7 +18,6 @@ import pytest
 
 from minilora.data import LABELS, collate, sequence_logprob
 from minilora.data.formats import encode_record
-from minilora.errors import MiniLoraError
 from minilora.gradcheck import rel_error
 from minilora.inference.evaluate import choice_scores
 
@@ -32,15 +31,13 @@ REF = Path(__file__).parent / "reference"
 @pytest.fixture(scope="module")
 def smollm2():
     """(model with the reference PEFT adapter loaded, tokenizer)."""
+    from conftest import smollm2_gguf
+
     from minilora.data import load_tokenizer
     from minilora.io import from_pretrained
     from minilora.io.peft import load_adapter
-    from minilora.runs.registry import resolve_model
 
-    try:
-        path = resolve_model("smollm2-135m-instruct", fetch_missing=False)
-    except MiniLoraError as e:
-        pytest.skip(str(e))
+    path = smollm2_gguf()
     model = from_pretrained(path, dtype="float64")
     load_adapter(model, str(REF / "smollm2_lora"))
     return model, load_tokenizer(path, model.config)

@@ -5,15 +5,8 @@ A file:   write  .NAME.TAG.tmp  ->  fsync  ->  rename over NAME (one atomic step
 A folder: build  .NAME.TAG.tmp/ ->  rename to .NAME.TAG.new/ (complete from here on)
           ->  rename NAME to .NAME.TAG.old/  ->  rename .NAME.TAG.new/ to NAME  ->  remove .old
 A folder cannot be renamed over a non-empty folder, so there is a moment (between the two last
-renames) when NAME is missing. The names (minilora.io.journal) say what each leftover is, so
-recover(NAME), which the
-next write to NAME runs first (and so do the readers of checkpoints, adapters and model folders),
-finishes or undoes an interrupted write:
-    NAME missing, a .new present  ->  the .new becomes NAME (the write is completed)
-    NAME missing, only an .old    ->  the .old becomes NAME again (the write is undone)
-    then every other leftover of NAME (.tmp: incomplete; .new / .old: superseded) is removed.
-TAG is 8 hex digits, so the leftovers of NAME are told apart from those of NAME.x. A name longer
-than 200 bytes is shortened in temporary names (a prefix + a hash), so they fit NAME_MAX (255).
+renames) when NAME is missing; minilora.io.journal names the leftovers so that recover(NAME), run
+by the next write to NAME and by the readers, finishes or undoes an interrupted write.
 Two processes writing the same destination at once are not supported (the second one's recovery
 may remove the first one's temporary).
 
