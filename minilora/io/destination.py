@@ -92,7 +92,8 @@ def _check_existing(path: str, shown, kind: str, overwrite: bool):
     more = f", ... ({len(held)} entries)" if len(held) > 3 else ""
     seen = f"a minilora {_WHAT[found]}" if found else f"not a minilora {_WHAT.get(kind, 'output folder')}"
     raise MiniLoraError(f"{shown} exists and is {seen} (it holds {', '.join(held[:3])}{more}); refusing to "
-                        "replace it: choose another folder, or pass --force / overwrite=True")
+                        "replace it: choose another folder, or remove it yourself (merge takes --force, the library "
+                        "overwrite=True)")
 
 
 def _check_inputs(path: str, shown, kind: str, inputs):
